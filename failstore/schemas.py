@@ -1,0 +1,127 @@
+"""Arrow schemas of the store's tables.
+
+Strings are ``pa.string()`` (never ``large_string``: Lance BTree indexes and DuckDB joins want
+one string type). Fixed-width vectors are ``pa.list_(pa.float32(), D)``; their widths depend on
+the models, so the ``images`` schema is built per store from the models it was first ingested
+with. ``predictions`` holds rows of target models of different widths, so its probability and
+embedding vectors are variable-length ``list<float32>``; each model's widths are in ``models``.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+BOX_TYPE = pa.struct(
+    [
+        ("label", pa.string()),
+        ("x0", pa.float32()),
+        ("y0", pa.float32()),
+        ("x1", pa.float32()),
+        ("y1", pa.float32()),
+    ]
+)
+
+# Columns every images table has, in this order; model columns and metadata follow.
+IMAGE_BASE_FIELDS: list[pa.Field] = [
+    pa.field("image_id", pa.string(), nullable=False),  # sha256 of the file bytes
+    pa.field("uri", pa.string(), nullable=False),
+    pa.field("split", pa.string()),
+    pa.field("label", pa.string()),
+    pa.field("width", pa.int32()),
+    pa.field("height", pa.int32()),
+    pa.field("boxes", pa.list_(BOX_TYPE)),  # pixel coordinates of the original image
+    pa.field("mask", pa.binary()),  # ground-truth mask, PNG bytes, mode L, same size as image
+    pa.field("ingested_at", pa.timestamp("us", tz="UTC")),
+]
+IMAGE_BASE_NAMES = [f.name for f in IMAGE_BASE_FIELDS]
+
+# Model-dependent image columns: (name, kind). Kind "vector" gets the model's width.
+CLIP_COLUMNS = ("clip_model", "clip_embedding", "tag_scores", "tags")
+ROBUST_COLUMNS = ("robust_model", "robust_features")
+
+
+def vector(dim: int) -> pa.DataType:
+    return pa.list_(pa.float32(), dim)
+
+
+def clip_fields(embedding_dim: int, n_tags: int) -> list[pa.Field]:
+    return [
+        pa.field("clip_model", pa.string()),
+        pa.field("clip_embedding", vector(embedding_dim)),
+        pa.field("tag_scores", vector(n_tags)),
+        pa.field("tags", pa.list_(pa.string())),
+    ]
+
+
+def robust_fields(dim: int) -> list[pa.Field]:
+    return [
+        pa.field("robust_model", pa.string()),
+        pa.field("robust_features", vector(dim)),
+    ]
+
+
+PREDICTIONS_SCHEMA = pa.schema(
+    [
+        pa.field("model", pa.string(), nullable=False),
+        pa.field("image_id", pa.string(), nullable=False),
+        pa.field("target", pa.string()),  # the image's label mapped to the model's class names
+        pa.field("prediction", pa.string()),
+        pa.field("prediction_index", pa.int32()),
+        pa.field("confidence", pa.float32()),
+        pa.field("correct", pa.bool_()),
+        pa.field("probabilities", pa.list_(pa.float32())),
+        pa.field("embedding", pa.list_(pa.float32())),
+        pa.field("predicted_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+MODELS_SCHEMA = pa.schema(
+    [
+        pa.field("name", pa.string(), nullable=False),
+        pa.field("role", pa.string(), nullable=False),  # target | robust | clip
+        pa.field("spec", pa.string()),
+        pa.field("checkpoint_sha256", pa.string()),
+        pa.field("preprocess", pa.string()),  # JSON of Preprocess
+        pa.field("layer", pa.string()),
+        pa.field("embedding_dim", pa.int32()),
+        pa.field("class_names", pa.list_(pa.string())),
+        pa.field("tags", pa.list_(pa.string())),
+        pa.field("prompts", pa.list_(pa.string())),  # per tag, a JSON list of prompt strings
+        pa.field("thresholds", pa.list_(pa.float32())),
+        pa.field("head_rows", pa.int32()),
+        pa.field("head_cols", pa.int32()),
+        pa.field("head_weight", pa.list_(pa.float32())),  # row-major (head_rows x head_cols)
+        pa.field("head_bias", pa.list_(pa.float32())),
+        pa.field("extra", pa.string()),  # JSON: package versions, label map, notes
+        pa.field("registered_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+INGEST_ERRORS_SCHEMA = pa.schema(
+    [
+        pa.field("uri", pa.string(), nullable=False),
+        pa.field("reason", pa.string()),
+        pa.field("time", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+SAVED_QUERIES_SCHEMA = pa.schema(
+    [
+        pa.field("name", pa.string(), nullable=False),
+        pa.field("sql", pa.string(), nullable=False),
+        pa.field("description", pa.string()),
+        pa.field("parameters", pa.string()),  # JSON object name -> default (SQL literal text)
+        pa.field("saved_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+# Key columns for upserts.
+KEYS: dict[str, list[str]] = {
+    "images": ["image_id"],
+    "predictions": ["model", "image_id"],
+    "models": ["name"],
+    "ingest_errors": ["uri"],
+    "saved_queries": ["name"],
+}
+
+CORE_TABLES = ("images", "predictions", "models", "ingest_errors")
