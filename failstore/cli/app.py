@@ -1,0 +1,89 @@
+"""The ``failstore`` command: a thin Typer layer over the library.
+
+Commands only parse options, call the library and print. Errors a user can cause are one line
+on stderr with a non-zero exit; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from failstore.cli import commands_sql, commands_store
+from failstore.cli.state import State
+
+app = typer.Typer(
+    name="failstore",
+    help="Find and explain the failure modes of image classifiers, with SQL over one store.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    rich_markup_mode=None,
+)
+
+
+@app.callback()
+def _global(
+    ctx: typer.Context,
+    store: Annotated[
+        Path | None,
+        typer.Option(
+            "--store",
+            envvar="FAILSTORE_STORE",
+            help="Store directory (a LanceDB directory). Default: ./failstore-store.",
+            show_default=False,
+        ),
+    ] = None,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+) -> None:
+    """Find and explain the failure modes of image classifiers, with SQL over one store.
+
+    Example: failstore --store S ingest photos/ --target efficientnet_lite0
+    """
+    ctx.obj = State(store=store, debug=debug)
+
+
+commands_store.register(app)
+commands_sql.register(app)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the app, turning failstore errors into one line and an exit code."""
+    import click
+
+    from failstore.errors import FailstoreError
+
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args
+    try:
+        app(args=args, prog_name="failstore", standalone_mode=False)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.exceptions.Abort:
+        print("aborted", file=sys.stderr)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except FailstoreError as e:
+        if debug:
+            raise
+        print(f"error: {e.one_line()}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as e:  # an unexpected failure: still one line unless --debug
+        if debug:
+            raise
+        msg = " ".join(str(e).split()) or type(e).__name__
+        print(f"error: {type(e).__name__}: {msg} (rerun with --debug for a traceback)",
+              file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,129 @@
+"""``sql`` and ``queries save|list|show|drop``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from failstore.cli.output import Format, emit
+from failstore.cli.state import state
+from failstore.errors import ConfigError
+
+FormatOpt = Annotated[Format, typer.Option("--format", "-f", help="Output format.")]
+
+
+def parse_params(items: list[str] | None) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--param '{item}' is not KEY=VALUE", hint="e.g. --param grouping=label")
+        out[key.strip()] = value
+    return out
+
+
+def sql(
+    ctx: typer.Context,
+    query: Annotated[str, typer.Argument(help="One read-only query (SELECT/WITH/UNION...).")],
+    fmt: FormatOpt = Format.table,
+    out: Annotated[Path | None, typer.Option("--out", help="Write the result to a Parquet "
+        "file instead of printing it.")] = None,
+    dialect: Annotated[str | None, typer.Option(help="Read the query in this dialect "
+        "(postgres, bigquery, snowflake, tsql, mysql, ...) and run it on DuckDB.")] = None,
+    param: Annotated[list[str] | None, typer.Option("--param", help="KEY=VALUE for $KEY "
+        "placeholders and stored-query parameters; repeatable.")] = None,
+    timeout: Annotated[float, typer.Option(help="Time limit in seconds.")] = 120.0,
+) -> None:
+    """Run one read-only SQL query over every table and stored query.
+
+    Example: failstore sql "SELECT label, count(*) AS n FROM images GROUP BY label" -f json
+    """
+    store = state(ctx).open_store()
+    table = store.sql(query, params=parse_params(param), dialect=dialect, timeout_s=timeout)
+    if out is not None:
+        import pyarrow.parquet as pq
+
+        pq.write_table(table, out)
+        typer.echo(f"wrote {table.num_rows} rows to {out}")
+        return
+    emit(table, fmt)
+
+
+queries_app = typer.Typer(
+    help="Stored queries: built-ins shipped with failstore and queries saved in the store.",
+    no_args_is_help=True,
+)
+
+
+@queries_app.command("list")
+def list_queries(ctx: typer.Context, fmt: FormatOpt = Format.table) -> None:
+    """List stored queries (built-in and saved).
+
+    Example: failstore queries list
+    """
+    import pyarrow as pa
+
+    stored = state(ctx).open_store().stored_queries()
+    rows = [
+        {"name": q.name, "source": q.source, "description": q.description,
+         "parameters": ", ".join(p.name for p in q.parameters)}
+        for q in sorted(stored.values(), key=lambda q: q.name)
+    ]
+    emit(pa.Table.from_pylist(rows), fmt)
+
+
+@queries_app.command("show")
+def show_query(ctx: typer.Context, name: str) -> None:
+    """Print a stored query's header and SQL.
+
+    Example: failstore queries show class_error_rates
+    """
+    from failstore.errors import StoreError
+
+    stored = state(ctx).open_store().stored_queries()
+    if name not in stored:
+        raise StoreError(f"no stored query '{name}'", hint=f"known: {', '.join(sorted(stored))}")
+    q = stored[name]
+    typer.echo(f"-- name: {q.name}\n-- description: {q.description}\n-- source: {q.source}")
+    for p in q.parameters:
+        default = f" = {p.default}" if p.default is not None else ""
+        typer.echo(f"-- param: {p.name}{default}" + (f" -- {p.description}" if p.description else ""))
+    typer.echo(q.sql.strip())
+
+
+@queries_app.command("save")
+def save_query(
+    ctx: typer.Context,
+    name: str,
+    query: Annotated[str, typer.Argument(help="The SQL; may use $param placeholders.")],
+    description: Annotated[str, typer.Option(help="One line saying what it returns.")] = "",
+    param: Annotated[list[str] | None, typer.Option("--param", help="NAME=DEFAULT (a SQL "
+        "literal) for a $NAME placeholder; repeatable.")] = None,
+) -> None:
+    """Save a query in the store; it can then be used as a table in SQL.
+
+    Example: failstore queries save wrong_birds "SELECT * FROM samples WHERE label='bird' AND NOT correct"
+    """
+    from failstore.queries.stored import make_user_query
+
+    store = state(ctx).open_store()
+    q = make_user_query(name, query, description, parse_params(param))
+    store.save_query(q)
+    typer.echo(f"saved query '{name}'")
+
+
+@queries_app.command("drop")
+def drop_query(ctx: typer.Context, name: str) -> None:
+    """Remove a saved query from the store.
+
+    Example: failstore queries drop wrong_birds
+    """
+    state(ctx).open_store().drop_query(name)
+    typer.echo(f"dropped query '{name}'")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("sql")(sql)
+    app.add_typer(queries_app, name="queries")

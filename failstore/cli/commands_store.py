@@ -1,0 +1,118 @@
+"""``init``, ``info`` and ``ingest``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from failstore.cli.output import Format, emit
+from failstore.cli.state import state
+
+FormatOpt = Annotated[Format, typer.Option("--format", "-f", help="Output format.")]
+
+
+def init(
+    ctx: typer.Context,
+    path: Annotated[
+        Path | None, typer.Argument(help="Store directory (default: --store or ./failstore-store).")
+    ] = None,
+) -> None:
+    """Create an empty store (or confirm an existing one).
+
+    Example: failstore init ./mystore
+    """
+    from failstore.store import Store
+
+    store = Store.init(path or state(ctx).store)
+    typer.echo(f"store ready at {store.path}")
+
+
+def info(ctx: typer.Context, fmt: FormatOpt = Format.table) -> None:
+    """List tables (rows, version) and the models in the store.
+
+    Example: failstore --store S info --format json
+    """
+    import json
+
+    import pyarrow as pa
+
+    data = state(ctx).open_store().info()
+    if fmt is Format.json:
+        typer.echo(json.dumps(data, default=str))
+        return
+    tables = pa.Table.from_pylist(data["tables"]) if data["tables"] else pa.table({"table": []})
+    models = pa.Table.from_pylist(data["models"]) if data["models"] else pa.table({"name": []})
+    if fmt is Format.csv:
+        emit(tables, fmt)
+        return
+    typer.echo(f"store: {data['store']}")
+    emit(tables, fmt, title="tables")
+    emit(models, fmt, title="models")
+
+
+def ingest(
+    ctx: typer.Context,
+    source: Annotated[
+        Path, typer.Argument(help="An image folder (root/<label>/*, root/<split>/<label>/*) "
+                                  "or a CSV/Parquet manifest.")
+    ],
+    target: Annotated[str | None, typer.Option(help="Target model spec: efficientnet_lite0, "
+        "torchvision:NAME, timm:NAME, a TorchScript file, or module:factory.")] = None,
+    robust: Annotated[str | None, typer.Option(help="Robust model: a robustness-library "
+        "ResNet-50 checkpoint or any target-style spec (with --robust-layer).")] = None,
+    clip: Annotated[str | None, typer.Option(help="open_clip tagger: MODEL:PRETRAINED, "
+        "MODEL:/path/ckpt or local-dir:/path.")] = None,
+    tags: Annotated[Path | None, typer.Option(help="Tag vocabulary file for --clip.")] = None,
+    tag_threshold: Annotated[float | None, typer.Option(help="Default tag threshold "
+        "(cosine) for tags without their own.")] = None,
+    layer: Annotated[str | None, typer.Option(help="Target bottleneck layer (default: input "
+        "of the final Linear).")] = None,
+    robust_layer: Annotated[str | None, typer.Option(help="Feature layer of --robust.")] = None,
+    class_names: Annotated[Path | None, typer.Option(help="Class names file (one per line) "
+        "for models that do not carry them.")] = None,
+    label_map: Annotated[Path | None, typer.Option(help="Map dataset labels to the target's "
+        "class names: JSON object or CSV 'label,class'.")] = None,
+    split: Annotated[str | None, typer.Option(help="Split name for sources without one.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 64,
+    workers: Annotated[int | None, typer.Option(help="Decode worker processes (0: inline; "
+        "default: half the cores).")] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or mps.")] = "cpu",
+    strict: Annotated[bool, typer.Option(help="Exit non-zero if any image failed.")] = False,
+    limit: Annotated[int | None, typer.Option(help="Only the first N images.")] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Embed every image with the given models and upsert one row per image.
+
+    Reruns add nothing; a killed run is completed by a rerun. Bad images go to the
+    ingest_errors table and the rest continues.
+
+    Example: failstore --store S ingest photos/ --target efficientnet_lite0
+    """
+    from failstore import config
+    from failstore.ingest.pipeline import IngestOptions
+    from failstore.ingest.pipeline import ingest as run
+
+    st = state(ctx)
+    opts = IngestOptions(
+        source=source, target=target, robust=robust, clip=clip, tags=tags,
+        tag_threshold=tag_threshold, layer=layer, robust_layer=robust_layer,
+        class_names=class_names, label_map=label_map, split=split, batch_size=batch_size,
+        workers=config.default_workers() if workers is None else workers, device=device,
+        strict=strict, limit=limit,
+    )
+
+    def warn(msg: str) -> None:
+        print(f"warning: {msg}", file=sys.stderr)
+
+    show = progress and sys.stderr.isatty()
+    report = run(st.store, opts, warn=warn, progress=show)
+    typer.echo(report.summary())
+
+
+def register(app: typer.Typer) -> None:
+    app.command("init")(init)
+    app.command("info")(info)
+    app.command("ingest")(ingest)

@@ -1,0 +1,419 @@
+"""The batched, resumable ingest: source -> decode workers -> models -> keyed upserts.
+
+Order of work, so that a broken input never writes anything and a killed run resumes:
+
+1. open the source (a manifest is validated whole), resolve model specs, read the label map;
+2. load the models (weights are read here: a missing file fails before any write);
+3. read what the store already holds: image ids, which of them have CLIP / robust columns,
+   and which have predictions of this target model;
+4. decode in spawn-started worker processes; for each batch run only the models whose
+   columns are missing; every ``commit_every`` images, upsert ``images`` then ``predictions``
+   then ``ingest_errors`` (each one atomic Lance commit, keyed, so a rerun adds nothing).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from failstore import config, schemas
+from failstore.errors import ConfigError, IngestError, StoreError
+from failstore.ingest import rows
+from failstore.ingest.labels import load_label_map, map_labels, unknown_labels
+from failstore.ingest.progress import progress_bar
+from failstore.ingest.protocol import ModelAdapter, Preprocess
+from failstore.store import Store, utcnow
+
+
+@dataclass
+class IngestOptions:
+    source: str | Path
+    target: str | None = None
+    robust: str | None = None
+    clip: str | None = None
+    layer: str | None = None
+    robust_layer: str | None = None
+    tags: str | Path | None = None
+    tag_threshold: float | None = None
+    class_names: str | Path | None = None
+    label_map: str | Path | None = None
+    split: str | None = None
+    batch_size: int = config.DEFAULT_BATCH_SIZE
+    workers: int = field(default_factory=config.default_workers)
+    device: str = "cpu"
+    strict: bool = False
+    limit: int | None = None
+    commit_every: int = config.DEFAULT_COMMIT_EVERY
+
+
+@dataclass
+class IngestReport:
+    seen: int = 0
+    new_images: int = 0
+    updated_images: int = 0
+    predictions: int = 0
+    errors: int = 0
+    duplicates: int = 0
+    unchanged: int = 0
+    seconds: float = 0.0
+    unknown_labels: list[str] = field(default_factory=list)
+    models: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> int:
+        return self.seen - self.errors
+
+    def summary(self) -> str:
+        rate = self.seen / self.seconds if self.seconds > 0 else 0.0
+        return (
+            f"ingested {self.seen} images in {self.seconds:.1f} s ({rate:.1f} images/s): "
+            f"{self.new_images} new, {self.updated_images} updated, {self.unchanged} unchanged, "
+            f"{self.duplicates} duplicates, {self.predictions} predictions, {self.errors} errors"
+        )
+
+
+def _resolve(opts: IngestOptions) -> dict[str, ModelAdapter]:
+    from failstore.ingest.models import resolve
+
+    adapters: dict[str, ModelAdapter] = {}
+    if opts.target:
+        adapters["target"] = resolve(
+            "target", opts.target, layer=opts.layer, class_names=opts.class_names
+        )
+    if opts.robust:
+        adapters["robust"] = resolve("robust", opts.robust, layer=opts.robust_layer)
+    if opts.clip:
+        adapters["clip"] = resolve(
+            "clip", opts.clip, vocab=opts.tags, tag_threshold=opts.tag_threshold
+        )
+    return adapters
+
+
+def _check_device(device: str) -> None:
+    if device == "cpu":
+        return
+    import torch
+
+    ok = (device.startswith("cuda") and torch.cuda.is_available()) or (
+        device == "mps" and torch.backends.mps.is_available()
+    )
+    if not ok:
+        raise ConfigError(f"device '{device}' is not available here", hint="use --device cpu")
+
+
+def _check_store_models(store: Store, records: dict[str, Any]) -> None:
+    """One CLIP tagger and one robust model per store; a model name means one checkpoint."""
+    if not store.has_table("models"):
+        return
+    have = store.read("models", ["name", "role", "checkpoint_sha256"]).to_pylist()
+    for role, rec in records.items():
+        for row in have:
+            if row["name"] == rec.name and row["checkpoint_sha256"] != rec.checkpoint_sha256:
+                raise StoreError(
+                    f"model '{rec.name}' is already in {store.path} with another checkpoint",
+                    hint="rename the checkpoint file or use a new --store",
+                )
+            if role in ("clip", "robust") and row["role"] == role and row["name"] != rec.name:
+                raise StoreError(
+                    f"{store.path} already holds {role} columns from '{row['name']}', "
+                    f"not '{rec.name}'",
+                    hint=f"ingest with --{role} {row['name']} or use a new --store",
+                )
+
+
+def _normalise(arrays: list[np.ndarray], pre: Preprocess, device: str) -> Any:
+    import torch
+
+    x = torch.from_numpy(np.stack(arrays)).to(device)
+    x = x.permute(0, 3, 1, 2).float().div_(255.0)
+    mean = torch.tensor(pre.mean, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(pre.std, device=device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+class _Known:
+    """What the store holds already, as in-memory sets of image ids."""
+
+    def __init__(self, store: Store, target: str | None) -> None:
+        self.images: set[str] = set()
+        self.with_clip: set[str] = set()
+        self.with_robust: set[str] = set()
+        self.predicted: set[str] = set()
+        if store.has_table("images"):
+            names = store.schema("images").names
+            cols = ["image_id"] + [c for c in ("clip_model", "robust_model") if c in names]
+            t = store.read("images", cols)
+            ids = t.column("image_id").to_pylist()
+            self.images = set(ids)
+            if "clip_model" in cols:
+                mask = t.column("clip_model").is_valid().to_numpy(zero_copy_only=False)
+                self.with_clip = {i for i, m in zip(ids, mask, strict=True) if m}
+            if "robust_model" in cols:
+                mask = t.column("robust_model").is_valid().to_numpy(zero_copy_only=False)
+                self.with_robust = {i for i, m in zip(ids, mask, strict=True) if m}
+        if target and store.has_table("predictions"):
+            t = store.read("predictions", ["image_id"], filter=f"model = '{target}'")
+            self.predicted = set(t.column("image_id").to_pylist())
+
+
+def ingest(
+    store_path: str | Path | None,
+    opts: IngestOptions,
+    *,
+    warn: Callable[[str], None] | None = None,
+    progress: bool = False,
+) -> IngestReport:
+    """Ingest ``opts.source`` into the store at ``store_path``; see the module docstring."""
+    from failstore.ingest.decode import DecodePool
+    from failstore.ingest.sources import open_source
+
+    warn = warn or (lambda msg: None)
+    if opts.batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {opts.batch_size}")
+    source = open_source(opts.source, split=opts.split)
+    items = list(source)
+    if opts.limit is not None:
+        items = items[: opts.limit]
+    adapters = _resolve(opts)
+    label_map = load_label_map(opts.label_map) if opts.label_map else {}
+    _check_device(opts.device)
+    for adapter in adapters.values():
+        adapter.load(opts.device)
+    records = {role: a.record() for role, a in adapters.items()}
+
+    target = adapters.get("target")
+    class_names: Sequence[str] = records["target"].class_names or [] if target else []
+    report = IngestReport(models=[a.name for a in adapters.values()])
+    if target:
+        report.unknown_labels = unknown_labels((i.label for i in items), class_names, label_map)
+        if report.unknown_labels:
+            shown = ", ".join(report.unknown_labels[:20])
+            more = f" (+{len(report.unknown_labels) - 20} more)" if len(report.unknown_labels) > 20 else ""
+            warn(
+                f"{len(report.unknown_labels)} dataset labels are not among {target.name}'s "
+                f"classes: {shown}{more}; their images count as incorrect. "
+                "Map them with --label-map FILE (JSON or CSV: dataset label -> model class)"
+            )
+
+    store = Store.init(store_path)
+    _check_store_models(store, records)
+    now = utcnow()
+    for role, rec in records.items():
+        extra = {"label_map": label_map} if role == "target" and label_map else None
+        store.upsert("models", rows.model_table(rec, now, extra), schema=schemas.MODELS_SCHEMA)
+
+    clip, robust = adapters.get("clip"), adapters.get("robust")
+    model_fields: list[pa.Field] = []
+    if clip:
+        rec = records["clip"]
+        model_fields += schemas.clip_fields(int(rec.embedding_dim or 0), len(rec.tags or []))
+    if robust:
+        model_fields += schemas.robust_fields(int(records["robust"].embedding_dim or 0))
+    image_schema = pa.schema(schemas.IMAGE_BASE_FIELDS + list(source.metadata_schema) + model_fields)
+    store.ensure_columns("images", list(source.metadata_schema) + model_fields)
+    known = _Known(store, target.name if target else None)
+    thresholds = np.asarray(records["clip"].thresholds, np.float32) if clip else None
+
+    prepro = {a.preprocess.key(): a.preprocess for a in adapters.values()}
+    start = time.perf_counter()
+    buf = _Buffer()
+    tags = list(records["clip"].tags or []) if clip else []
+    run = _Run(
+        adapters, known, class_names, label_map, thresholds, source.metadata_schema, tags,
+        opts.device, buf, report,
+    )
+    seen: set[str] = set()
+    bar = progress_bar(len(items)) if progress else None
+    with DecodePool(list(prepro.values()), workers=opts.workers) as pool:
+        batch: list[Any] = []
+        for dec in pool.imap(items):
+            report.seen += 1
+            if dec.error is not None:
+                report.errors += 1
+                buf.errors.append((dec.item.uri, dec.error))
+            elif dec.image_id in seen:
+                report.duplicates += 1
+            else:
+                seen.add(dec.image_id)
+                buf.ok_uris.append(dec.item.uri)
+                batch.append(dec)
+            if len(batch) >= opts.batch_size:
+                _run_batch(batch, run)
+                batch = []
+            if buf.pending >= opts.commit_every:
+                buf.flush(store, image_schema)
+            if bar is not None:
+                bar.advance()
+        if batch:
+            _run_batch(batch, run)
+        buf.flush(store, image_schema)
+    if bar is not None:
+        bar.close()
+    report.seconds = time.perf_counter() - start
+    if report.ok == 0 and report.seen > 0:
+        raise IngestError(
+            f"nothing was ingested: all {report.seen} images failed to decode",
+            hint="see `failstore sql \"SELECT * FROM ingest_errors\"`",
+        )
+    if opts.strict and report.errors:
+        raise IngestError(
+            f"{report.errors} of {report.seen} images failed (--strict)",
+            hint="the others were ingested; see the ingest_errors table",
+        )
+    return report
+
+
+@dataclass
+class _Run:
+    """State of one ingest run shared by its batches."""
+
+    adapters: dict[str, ModelAdapter]
+    known: _Known
+    class_names: Sequence[str]
+    label_map: dict[str, str]
+    thresholds: np.ndarray | None
+    metadata_schema: pa.Schema
+    tags: list[str]
+    device: str
+    buf: _Buffer
+    report: IngestReport
+
+
+def _run_batch(batch: list[Any], run: _Run) -> None:
+    """Run each model on the images of ``batch`` that lack its columns; queue the rows."""
+    adapters, known, buf, report = run.adapters, run.known, run.buf, run.report
+    new = [d for d in batch if d.image_id not in known.images]
+    need: dict[str, list[Any]] = {}
+    if "clip" in adapters:
+        need["clip"] = [d for d in batch if d.image_id not in known.with_clip]
+    if "robust" in adapters:
+        need["robust"] = [d for d in batch if d.image_id not in known.with_robust]
+    if "target" in adapters:
+        need["target"] = [d for d in batch if d.image_id not in known.predicted]
+    outputs: dict[str, dict[str, np.ndarray]] = {}
+    for role, decs in need.items():
+        if decs:
+            a = adapters[role]
+            x = _normalise([d.arrays[a.preprocess.key()] for d in decs], a.preprocess, run.device)
+            outputs[role] = a.encode(x)
+    now = utcnow()
+    if new:
+        base = rows.image_base_table(new, run.metadata_schema, now)
+        buf.new_images.append(_with_models(base, new, need, outputs, run))
+        known.images.update(d.image_id for d in new)
+        report.new_images += len(new)
+    new_ids = {d.image_id for d in new}
+    old_need = {
+        r: [d for d in decs if d.image_id not in new_ids]
+        for r, decs in need.items()
+        if r in ("clip", "robust")
+    }
+    updated = {d.image_id for decs in old_need.values() for d in decs}
+    for role, decs in old_need.items():
+        if decs:
+            cols = {"image_id": pa.array([d.image_id for d in decs], pa.string())}
+            out = _subset(outputs[role], need[role], decs)
+            cols.update(_model_cols(role, run, out))
+            buf.image_updates.append(pa.table(cols))
+    report.updated_images += len(updated)
+    if "clip" in need:
+        known.with_clip.update(d.image_id for d in need["clip"])
+    if "robust" in need:
+        known.with_robust.update(d.image_id for d in need["robust"])
+    if need.get("target"):
+        decs = need["target"]
+        targets = map_labels([d.item.label for d in decs], run.class_names, run.label_map)
+        buf.predictions.append(
+            rows.prediction_table(
+                adapters["target"].name, [d.image_id for d in decs], targets,
+                outputs["target"], run.class_names, now,
+            )
+        )
+        known.predicted.update(d.image_id for d in decs)
+        report.predictions += len(decs)
+    touched = new_ids | updated | {d.image_id for d in need.get("target", [])}
+    report.unchanged += len(batch) - len(touched)
+
+
+def _subset(out: dict[str, np.ndarray], decs: list[Any], keep: list[Any]) -> dict[str, np.ndarray]:
+    pos = {d.image_id: i for i, d in enumerate(decs)}
+    idx = np.array([pos[d.image_id] for d in keep], dtype=np.int64)
+    return {k: v[idx] for k, v in out.items()}
+
+
+def _model_cols(role: str, run: _Run, out: dict[str, np.ndarray]) -> dict[str, pa.Array]:
+    name = run.adapters[role].name
+    if role == "clip":
+        assert run.thresholds is not None
+        return rows.clip_columns(name, out, run.tags, run.thresholds)
+    return rows.robust_columns(name, out)
+
+
+def _with_models(
+    base: pa.Table,
+    new: list[Any],
+    need: dict[str, list[Any]],
+    outputs: dict[str, dict[str, np.ndarray]],
+    run: _Run,
+) -> pa.Table:
+    for role in ("clip", "robust"):
+        if role in need:
+            out = _subset(outputs[role], need[role], new)
+            for name, arr in _model_cols(role, run, out).items():
+                base = base.append_column(name, arr)
+    return base
+
+
+class _Buffer:
+    """Rows waiting for the next commit."""
+
+    def __init__(self) -> None:
+        self.new_images: list[pa.Table] = []
+        self.image_updates: list[pa.Table] = []
+        self.predictions: list[pa.Table] = []
+        self.errors: list[tuple[str, str]] = []
+        self.ok_uris: list[str] = []
+
+    @property
+    def pending(self) -> int:
+        return sum(t.num_rows for t in self.new_images + self.image_updates + self.predictions) + len(
+            self.errors
+        )
+
+    def flush(self, store: Store, image_schema: pa.Schema) -> None:
+        if self.new_images:
+            data = pa.concat_tables(self.new_images)
+            store.upsert("images", data.cast(_project(image_schema, data)), schema=image_schema)
+        for upd in self.image_updates:
+            store.upsert("images", upd)
+        if self.predictions:
+            store.upsert(
+                "predictions", pa.concat_tables(self.predictions), schema=schemas.PREDICTIONS_SCHEMA
+            )
+        if self.errors:
+            store.upsert(
+                "ingest_errors",
+                rows.error_table(self.errors, utcnow()),
+                schema=schemas.INGEST_ERRORS_SCHEMA,
+            )
+        if self.ok_uris and store.has_table("ingest_errors"):
+            # Images that decode now are no longer errors.
+            ok = pa.array(self.ok_uris, pa.string())
+            stale = store.read("ingest_errors", ["uri"]).column("uri")
+            import pyarrow.compute as pc
+
+            gone = pc.filter(stale, pc.is_in(stale, value_set=ok)).to_pylist()
+            if gone:
+                quoted = ", ".join("'" + u.replace("'", "''") + "'" for u in gone)
+                store.delete("ingest_errors", f"uri IN ({quoted})")
+        self.__init__()  # type: ignore[misc]
+
+
+def _project(schema: pa.Schema, data: pa.Table) -> pa.Schema:
+    return pa.schema([schema.field(n) for n in data.column_names])
