@@ -130,10 +130,12 @@ class Store:
         if missing:
             self.db.open_table(name).add_columns(missing)
 
-    def upsert(self, name: str, data: pa.Table, *, schema: pa.Schema | None = None) -> int:
+    def upsert(
+        self, name: str, data: pa.Table, *, schema: pa.Schema | None = None, insert: bool = True
+    ) -> int:
         """Insert rows, updating those whose key already exists; one commit. ``data`` may hold
         a subset of the table's columns (the others keep their values, or stay null on insert).
-        Returns the new version."""
+        With ``insert=False`` only existing keys are updated. Returns the new version."""
         if data.num_rows == 0:
             return self.version(name) if self.has_table(name) else 0
         keys = schemas.KEYS[name]
@@ -143,12 +145,10 @@ class Store:
         if unknown:
             raise StoreError(f"table '{name}' has no column(s) {unknown}")
         data = data.cast(pa.schema([target.field(c) for c in data.column_names]))
-        (
-            table.merge_insert(keys)
-            .when_matched_update_all()
-            .when_not_matched_insert_all()
-            .execute(data)
-        )
+        merge = table.merge_insert(keys).when_matched_update_all()
+        if insert:
+            merge = merge.when_not_matched_insert_all()
+        merge.execute(data)
         return self.version(name)
 
     def delete(self, name: str, where: str) -> None:

@@ -52,7 +52,7 @@ commands_sql.register(app)
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app, turning failstore errors into one line and an exit code."""
-    import click
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError
 
     from failstore.errors import FailstoreError
 
@@ -60,12 +60,15 @@ def main(argv: list[str] | None = None) -> None:
     debug = "--debug" in args
     try:
         app(args=args, prog_name="failstore", standalone_mode=False)
-    except click.exceptions.Exit as e:
+    except typer.Exit as e:
         sys.exit(e.exit_code)
-    except click.exceptions.Abort:
+    except typer.Abort:
         print("aborted", file=sys.stderr)
         sys.exit(130)
-    except click.ClickException as e:
+    except NoArgsIsHelpError as e:
+        e.show()
+        sys.exit(0)
+    except ClickException as e:
         e.show()
         sys.exit(e.exit_code)
     except FailstoreError as e:

@@ -391,7 +391,7 @@ class _Buffer:
             data = pa.concat_tables(self.new_images)
             store.upsert("images", data.cast(_project(image_schema, data)), schema=image_schema)
         for upd in self.image_updates:
-            store.upsert("images", upd)
+            store.upsert("images", upd, insert=False)
         if self.predictions:
             store.upsert(
                 "predictions", pa.concat_tables(self.predictions), schema=schemas.PREDICTIONS_SCHEMA

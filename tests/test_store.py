@@ -1,0 +1,109 @@
+"""The Store: creation, keyed upserts, column evolution, clear errors."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pytest
+
+from failstore import schemas
+from failstore.errors import StoreError
+from failstore.store import Store
+
+
+def _errors(uris: list[str], reason: str = "bad") -> pa.Table:
+    return pa.table(
+        {"uri": uris, "reason": [reason] * len(uris), "time": [None] * len(uris)},
+        schema=schemas.INGEST_ERRORS_SCHEMA,
+    )
+
+
+def test_open_missing_store_says_how_to_fix(tmp_path):
+    with pytest.raises(StoreError) as e:
+        Store(tmp_path / "nope")
+    assert str(e.value) == (
+        f"no store at {tmp_path / 'nope'}; run `failstore init` or `failstore ingest` first, "
+        "or pass --store PATH"
+    )
+
+
+def test_non_store_directory_is_refused(tmp_path):
+    (tmp_path / "x.txt").write_text("hi")
+    with pytest.raises(StoreError, match="is not a failstore store"):
+        Store(tmp_path)
+
+
+def test_upsert_is_keyed_and_idempotent(tmp_path):
+    store = Store.init(tmp_path / "s")
+    v1 = store.upsert("ingest_errors", _errors(["a", "b"]))
+    v2 = store.upsert("ingest_errors", _errors(["a", "b"]))
+    assert store.count("ingest_errors") == 2
+    assert v2 == v1 + 1  # one commit per upsert
+    store.upsert("ingest_errors", _errors(["b", "c"], "worse"))
+    got = dict(zip(*store.read("ingest_errors", ["uri", "reason"]).to_pydict().values(), strict=True))
+    assert got == {"a": "bad", "b": "worse", "c": "worse"}
+
+
+def test_read_projects_columns_and_filters(tmp_path):
+    store = Store.init(tmp_path / "s")
+    store.upsert("ingest_errors", _errors(["a", "b", "c"]))
+    t = store.read("ingest_errors", ["uri"], filter="uri > 'a'")
+    assert t.column_names == ["uri"]
+    assert sorted(t.column("uri").to_pylist()) == ["b", "c"]
+
+
+def test_ensure_columns_adds_nullable_and_refuses_type_change(tmp_path):
+    store = Store.init(tmp_path / "s")
+    base = pa.schema(schemas.IMAGE_BASE_FIELDS)
+    row = {n: None for n in base.names} | {"image_id": "h1", "uri": "/x.png"}
+    store.upsert("images", pa.Table.from_pylist([row], schema=base), schema=base)
+    store.ensure_columns("images", schemas.robust_fields(4))
+    assert store.schema("images").field("robust_features").type == pa.list_(pa.float32(), 4)
+    assert store.read("images", ["robust_features"]).column(0).to_pylist() == [None]
+    with pytest.raises(StoreError, match="has type fixed_size_list"):
+        store.ensure_columns("images", schemas.robust_fields(8))
+
+
+def test_partial_upsert_keeps_other_columns(tmp_path):
+    store = Store.init(tmp_path / "s")
+    base = pa.schema(schemas.IMAGE_BASE_FIELDS + schemas.robust_fields(2))
+    row = {n: None for n in base.names} | {"image_id": "h1", "uri": "/x.png", "label": "cat"}
+    store.upsert("images", pa.Table.from_pylist([row], schema=base), schema=base)
+    upd = pa.table(
+        {
+            "image_id": ["h1"],
+            "robust_model": ["r"],
+            "robust_features": pa.array([[1.0, 2.0]], pa.list_(pa.float32(), 2)),
+        }
+    )
+    store.upsert("images", upd, insert=False)
+    got = store.read("images", ["label", "robust_model", "robust_features"]).to_pylist()
+    assert got == [{"label": "cat", "robust_model": "r", "robust_features": [1.0, 2.0]}]
+
+
+def test_versions_and_info(tmp_path):
+    store = Store.init(tmp_path / "s")
+    assert store.info()["tables"] == []
+    store.upsert("ingest_errors", _errors(["a"]))
+    info = store.info()
+    assert info["tables"] == [
+        {"table": "ingest_errors", "rows": 1, "version": store.version("ingest_errors"),
+         "columns": 3}
+    ]
+    assert store.versions() == {"ingest_errors": store.version("ingest_errors")}
+
+
+def test_unknown_table_lists_known_ones(tmp_path):
+    store = Store.init(tmp_path / "s")
+    store.upsert("ingest_errors", _errors(["a"]))
+    with pytest.raises(StoreError) as e:
+        store.dataset("imgs")
+    assert str(e.value) == f"table 'imgs' does not exist in {store.path}; tables: ingest_errors"
+
+
+def test_replace_stamps_metadata(tmp_path):
+    store = Store.init(tmp_path / "s")
+    v = store.replace("results", pa.table({"x": [1, 2]}), metadata={"failstore.params": "{}"})
+    assert store.version("results") == v
+    assert store.table_metadata("results")["failstore.params"] == "{}"
+    store.replace("results", pa.table({"x": [3]}))
+    assert store.read("results").column("x").to_pylist() == [3]
