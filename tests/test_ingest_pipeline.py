@@ -1,0 +1,178 @@
+"""The ingest pipeline with tiny fake models: rows, keys, reruns, resume, bad input."""
+
+from __future__ import annotations
+
+import pytest
+from fakes import FakeClip, FakeRobust, FakeTarget
+
+from failstore.errors import IngestError, InputError
+from failstore.ingest import pipeline
+from failstore.ingest.pipeline import IngestOptions, ingest
+from failstore.store import Store
+
+
+@pytest.fixture
+def fakes(monkeypatch):
+    made: dict[str, object] = {}
+
+    def resolve(opts):
+        out = {}
+        if opts.target:
+            out["target"] = made.setdefault(opts.target, FakeTarget(opts.target))
+        if opts.robust:
+            out["robust"] = made.setdefault(opts.robust, FakeRobust(opts.robust))
+        if opts.clip:
+            out["clip"] = made.setdefault(opts.clip, FakeClip(opts.clip, dim=3))
+        return out
+
+    monkeypatch.setattr(pipeline, "_resolve", resolve)
+    return made
+
+
+def _opts(src, **kw):
+    base = dict(source=src, target="t1", robust="r", clip="c", workers=0, batch_size=5,
+                commit_every=4)
+    base.update(kw)
+    return IngestOptions(**base)
+
+
+def test_ingest_lands_one_row_per_image_and_records_bad_files(tmp_path, colour_folder_with_bad,
+                                                              fakes):
+    report = ingest(tmp_path / "s", _opts(colour_folder_with_bad))
+    store = Store(tmp_path / "s")
+    assert (report.seen, report.new_images, report.errors, report.predictions) == (13, 12, 1, 12)
+    assert store.count("images") == 12 and store.count("predictions") == 12
+    err = store.read("ingest_errors").to_pylist()
+    assert len(err) == 1 and err[0]["uri"].endswith("red/corrupt.png")
+    rows = store.read("images", ["label", "tags", "robust_features", "clip_model"]).to_pylist()
+    for r in rows:
+        assert r["tags"] == [{"red": "reddish", "green": "greenish", "blue": "blueish"}[r["label"]]]
+        assert len(r["robust_features"]) == 4 and r["clip_model"] == "c"
+    preds = store.sql("SELECT label, prediction, correct FROM samples").to_pylist()
+    assert all(p["prediction"] == p["label"] and p["correct"] for p in preds)
+    models = {m["name"]: m for m in store.read("models").to_pylist()}
+    assert models["t1"]["class_names"] == ["red", "green", "blue"]
+    assert models["t1"]["head_rows"] == 3 and len(models["t1"]["head_weight"]) == 12
+    assert models["c"]["tags"] == FakeClip.tags
+
+
+def test_rerun_changes_nothing(tmp_path, colour_folder_with_bad, fakes):
+    ingest(tmp_path / "s", _opts(colour_folder_with_bad))
+    store = Store(tmp_path / "s")
+    before = store.versions(["images", "predictions", "ingest_errors"])
+    encoded = {k: v.encoded for k, v in fakes.items()}
+    report = ingest(tmp_path / "s", _opts(colour_folder_with_bad))
+    assert store.versions(["images", "predictions"]) == {
+        k: before[k] for k in ("images", "predictions")
+    }
+    assert {k: v.encoded for k, v in fakes.items()} == encoded  # no model ran again
+    assert (report.new_images, report.predictions, report.unchanged) == (0, 0, 12)
+    assert store.count("images") == 12 and store.count("ingest_errors") == 1
+
+
+def test_second_target_adds_predictions_only(tmp_path, colour_folder, fakes):
+    ingest(tmp_path / "s", _opts(colour_folder))
+    robust_calls, clip_calls = fakes["r"].encoded, fakes["c"].encoded
+    report = ingest(tmp_path / "s", _opts(colour_folder, target="t2"))
+    store = Store(tmp_path / "s")
+    assert report.predictions == 12 and report.new_images == 0
+    assert fakes["r"].encoded == robust_calls and fakes["c"].encoded == clip_calls
+    assert fakes["t2"].encoded == 12
+    assert store.count("predictions") == 24
+    got = store.sql("SELECT model, count(*) AS n FROM predictions GROUP BY model ORDER BY model")
+    assert got.to_pylist() == [{"model": "t1", "n": 12}, {"model": "t2", "n": 12}]
+
+
+def test_adding_clip_later_fills_only_clip_columns(tmp_path, colour_folder, fakes):
+    ingest(tmp_path / "s", _opts(colour_folder, clip=None))
+    store = Store(tmp_path / "s")
+    assert "tags" not in store.schema("images").names
+    report = ingest(tmp_path / "s", _opts(colour_folder))
+    assert report.updated_images == 12 and report.new_images == 0
+    assert fakes["r"].encoded == 12  # robust not recomputed
+    tags = store.read("images", ["tags"]).column("tags").to_pylist()
+    assert all(len(t) == 1 for t in tags)
+
+
+def test_killed_ingest_resumes_without_duplicates(tmp_path, colour_folder, fakes, monkeypatch):
+    calls = {"n": 0}
+    real = Store.upsert
+
+    def dying_upsert(self, name, data, **kw):
+        if name == "predictions":
+            calls["n"] += 1
+            if calls["n"] == 2:  # die after images of the 2nd commit landed, before predictions
+                raise KeyboardInterrupt
+        return real(self, name, data, **kw)
+
+    monkeypatch.setattr(Store, "upsert", dying_upsert)
+    with pytest.raises(KeyboardInterrupt):
+        ingest(tmp_path / "s", _opts(colour_folder))
+    monkeypatch.setattr(Store, "upsert", real)
+    store = Store(tmp_path / "s")
+    partial_images, partial_preds = store.count("images"), store.count("predictions")
+    assert partial_images > partial_preds  # killed between the two commits
+    report = ingest(tmp_path / "s", _opts(colour_folder))
+    assert store.count("images") == 12 and store.count("predictions") == 12
+    assert report.predictions == 12 - partial_preds
+    ids = store.read("predictions", ["image_id"]).column("image_id").to_pylist()
+    assert len(set(ids)) == 12
+
+
+def test_unknown_labels_warn_once_and_label_map_fixes_them(tmp_path, colour_folder, fakes):
+    (colour_folder / "red").rename(colour_folder / "crimson")
+    warnings: list[str] = []
+    ingest(tmp_path / "s", _opts(colour_folder), warn=warnings.append)
+    assert warnings == [
+        "1 dataset labels are not among t1's classes: crimson; their images count as "
+        "incorrect. Map them with --label-map FILE (JSON or CSV: dataset label -> model class)"
+    ]
+    store = Store(tmp_path / "s")
+    got = store.sql("SELECT label, target, correct FROM samples WHERE label = 'crimson'")
+    assert {(r["target"], r["correct"]) for r in got.to_pylist()} == {(None, False)}
+    lm = tmp_path / "map.json"
+    lm.write_text('{"crimson": "red"}')
+    warnings.clear()
+    ingest(tmp_path / "s2", _opts(colour_folder, label_map=lm), warn=warnings.append)
+    got = Store(tmp_path / "s2").sql("SELECT DISTINCT target, correct FROM samples "
+                                     "WHERE label = 'crimson'")
+    assert got.to_pylist() == [{"target": "red", "correct": True}] and warnings == []
+
+
+def test_all_bad_is_an_error_and_strict_flags_partial_failures(tmp_path, colour_folder_with_bad,
+                                                               fakes):
+    bad = tmp_path / "bad" / "x"
+    bad.mkdir(parents=True)
+    (bad / "a.png").write_bytes(b"")
+    with pytest.raises(IngestError, match="nothing was ingested: all 1 images failed"):
+        ingest(tmp_path / "s", _opts(tmp_path / "bad"))
+    with pytest.raises(IngestError, match=r"1 of 13 images failed \(--strict\)"):
+        ingest(tmp_path / "s2", _opts(colour_folder_with_bad, strict=True))
+    assert Store(tmp_path / "s2").count("images") == 12  # the good ones are kept
+
+
+def test_broken_manifest_writes_nothing(tmp_path, colour_folder, fakes):
+    m = tmp_path / "m.csv"
+    m.write_text("path,lbl\nred/0.png,red\n")
+    with pytest.raises(InputError, match="no 'label' column"):
+        ingest(tmp_path / "s", _opts(m))
+    assert not (tmp_path / "s").exists()
+
+
+def test_manifest_metadata_boxes_and_masks_land(tmp_path, colour_folder, fakes):
+    from PIL import Image
+
+    Image.new("L", (24, 20), 0).save(tmp_path / "mask.png")
+    m = tmp_path / "m.csv"
+    m.write_text(
+        "path,label,split,x0,y0,x1,y1,mask_path,site\n"
+        f"{colour_folder}/red/0.png,red,val,1,2,10,12,mask.png,north\n"
+        f"{colour_folder}/green/0.png,green,test,,,,,,south\n"
+    )
+    ingest(tmp_path / "s", _opts(m))
+    rows = Store(tmp_path / "s").sql(
+        "SELECT label, split, site, boxes, mask IS NOT NULL AS has_mask FROM images ORDER BY label"
+    ).to_pylist()
+    assert rows[0]["label"] == "green" and not rows[0]["boxes"] and not rows[0]["has_mask"]
+    assert rows[1]["site"] == "north" and rows[1]["split"] == "val" and rows[1]["has_mask"]
+    assert rows[1]["boxes"] == [{"label": None, "x0": 1.0, "y0": 2.0, "x1": 10.0, "y1": 12.0}]
