@@ -1,0 +1,115 @@
+"""The demo's findings report: which planted failure modes failstore's analyses found.
+
+A discovered slice (class c, tags T) *matches* a planted slice P when c is one of P's classes,
+every tag of T names an attribute value that P's conditions allow (or an attribute P does not
+constrain), and every attribute P constrains is covered by some tag. So for "birds away from
+water" the slice {sand} of class bird matches (a part of the planted slice), {water} does not;
+for "small dogs on snow" only a slice holding both {small, snow} matches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+
+from failstore.demo.spec import ATTRIBUTES, PlantedSlice
+
+
+@dataclass
+class Finding:
+    planted: str
+    cls: str
+    found: bool
+    rank: int | None  # 1-based rank of the slice within its class
+    tags: list[str]
+    size: int | None
+    error_rate: float | None
+    class_error_rate: float | None
+    holds: bool | None
+    eval_error_rate: float | None
+    sql: str
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "planted": self.planted, "class": self.cls, "found": self.found, "rank": self.rank,
+            "tags": self.tags, "size": self.size, "error_rate": self.error_rate,
+            "class_error_rate": self.class_error_rate, "holds": self.holds,
+            "eval_error_rate": self.eval_error_rate, "sql": self.sql,
+        }
+
+
+def tag_attribute(tag: str) -> list[tuple[str, str]]:
+    """(attribute, value) pairs a tag can stand for: ``attr_x=value`` or a bare value."""
+    if "=" in tag:
+        attr, _, value = tag.partition("=")
+        return [(attr, value)]
+    return [(a, tag) for a, values in ATTRIBUTES.items() if tag in values]
+
+
+def matches(planted: PlantedSlice, cls: str, tags: Sequence[str]) -> bool:
+    if cls not in planted.classes:
+        return False
+    constrained = {a: (op, vs) for a, op, vs in planted.conditions}
+    covered: set[str] = set()
+    for tag in tags:
+        meanings = tag_attribute(tag)
+        if not meanings:
+            return False
+        ok = False
+        for attr, value in meanings:
+            if attr not in constrained:
+                ok = True
+                continue
+            op, values = constrained[attr]
+            if (value in values) == (op == "in"):
+                ok = True
+                covered.add(attr)
+        if not ok:
+            return False
+    return covered == set(constrained)
+
+
+def find(
+    planted: Sequence[PlantedSlice], slices: pa.Table, tags_column_sql: str = "tags"
+) -> list[Finding]:
+    """Match each planted slice to the best-ranked matching slice of its class."""
+    rows = slices.to_pylist()
+    by_class: dict[str, list[Mapping[str, Any]]] = {}
+    for r in rows:  # rows are in importance order
+        by_class.setdefault(r["class"], []).append(r)
+    out = []
+    for p in planted:
+        best = None
+        for cls in p.classes:
+            for rank, r in enumerate(by_class.get(cls, []), start=1):
+                if matches(p, cls, r["tags"]):
+                    if best is None or rank < best[0]:
+                        best = (rank, r)
+                    break
+        where = p.where("label")
+        if best is None:
+            out.append(Finding(p.name, "|".join(p.classes), False, None, [], None, None, None,
+                               None, None, f"SELECT uri, prediction FROM samples WHERE {where}"))
+            continue
+        rank, r = best
+        tag_list = ", ".join("'" + t.replace("'", "''") + "'" for t in r["tags"])
+        if "=" in r["tags"][0]:
+            conds = " AND ".join(
+                f"{t.split('=', 1)[0]} = '{t.split('=', 1)[1]}'" for t in r["tags"]
+            )
+            sql = f"SELECT uri, prediction FROM samples WHERE label = '{r['class']}' AND {conds}"
+        else:
+            sql = (f"SELECT uri, prediction FROM samples WHERE label = '{r['class']}' "
+                   f"AND list_has_all({tags_column_sql}, [{tag_list}])")
+        out.append(Finding(
+            p.name, r["class"], True, rank, list(r["tags"]), r["size"], r["error_rate"],
+            r["base_error_rate"], r.get("holds"), r.get("eval_error_rate"), sql,
+        ))
+    return out
+
+
+def findings_table(findings: Sequence[Finding]) -> pa.Table:
+    return pa.Table.from_pylist([f.row() for f in findings])
