@@ -1,0 +1,101 @@
+"""Read-only SQL over the store's Lance tables, run by an in-process, locked-down DuckDB.
+
+Each ``execute`` guards the query (``failstore.queries.guard``), opens a fresh DuckDB connection
+with external access disabled and its configuration locked, registers only the Lance datasets
+the query reads (DuckDB scans them with projection and filter pushdown), and runs the query
+under a time limit.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from failstore.errors import SqlError, SqlRefused, SqlTimeout
+from failstore.queries.guard import guard_query
+from failstore.queries.stored import StoredQuery
+
+DUCKDB_CONFIG = {
+    "enable_external_access": False,
+    "python_enable_replacements": False,
+    "autoload_known_extensions": False,
+    "autoinstall_known_extensions": False,
+    "allow_community_extensions": False,
+}
+
+
+def duckdb_message(error: BaseException) -> str:
+    """DuckDB's multi-line error -> one line, without the echoed SQL and caret lines."""
+    lines = [line.strip() for line in str(error).splitlines()]
+    kept = [ln for ln in lines if ln and not ln.startswith("LINE ") and set(ln) != {"^"}]
+    return " ".join(kept) or type(error).__name__
+
+
+class SqlEngine:
+    """Runs guarded, read-only SQL over the given Lance datasets."""
+
+    def __init__(
+        self,
+        datasets: Mapping[str, Callable[[], Any]],
+        schemas: Mapping[str, pa.Schema],
+        stored: Mapping[str, StoredQuery],
+        timeout_s: float = 60.0,
+    ) -> None:
+        self.datasets = dict(datasets)
+        self.schemas = dict(schemas)
+        self.stored = dict(stored)
+        self.timeout_s = timeout_s
+
+    def guard(
+        self, sql: str, *, params: Mapping[str, str] | None = None, dialect: str | None = None
+    ) -> str:
+        """The DuckDB SQL ``execute`` would run (raises SqlRefused like ``execute``)."""
+        return guard_query(
+            sql, tables=self.schemas, stored=self.stored, dialect=dialect, params=params
+        ).sql
+
+    def execute(
+        self, sql: str, *, params: Mapping[str, str] | None = None, dialect: str | None = None
+    ) -> pa.Table:
+        query = guard_query(
+            sql, tables=self.schemas, stored=self.stored, dialect=dialect, params=params
+        )
+        con = duckdb.connect(config=dict(DUCKDB_CONFIG))
+        try:
+            con.execute("SET lock_configuration = true")
+            for name in sorted(query.tables):
+                if name not in self.datasets:
+                    raise SqlRefused(f"table {name!r} has no data in this store yet")
+                con.register(name, self.datasets[name]())
+            statements = con.extract_statements(query.sql)
+            if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
+                raise SqlRefused("the guarded query is not a single SELECT; refusing to run it")
+            return self._run(con, query.sql)
+        finally:
+            con.close()
+
+    def _run(self, con: duckdb.DuckDBPyConnection, sql: str) -> pa.Table:
+        timed_out = threading.Event()
+
+        def interrupt() -> None:
+            timed_out.set()
+            con.interrupt()
+
+        timer = threading.Timer(self.timeout_s, interrupt)
+        timer.daemon = True
+        timer.start()
+        try:
+            return con.sql(sql).to_arrow_table()
+        except duckdb.Error as e:
+            if timed_out.is_set() or isinstance(e, duckdb.InterruptException):
+                raise SqlTimeout(
+                    f"query ran longer than {self.timeout_s:g} s",
+                    hint="narrow it with WHERE or LIMIT, or raise the time limit",
+                ) from e
+            raise SqlError(f"query failed: {duckdb_message(e)}") from e
+        finally:
+            timer.cancel()

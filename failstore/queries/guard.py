@@ -1,0 +1,399 @@
+"""The SQL guard: accept one read-only query over known tables, refuse everything else.
+
+``guard()`` parses the query with sqlglot (in any sqlglot dialect), checks it, expands stored
+queries referenced as tables into CTEs, substitutes ``$name`` parameters with literals and
+returns DuckDB SQL regenerated from the checked tree (never the caller's text). DuckDB's own
+lock-down (no external access, locked configuration) is the second line of defence.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import re
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import pyarrow as pa
+import sqlglot
+from sqlglot import exp
+from sqlglot.errors import OptimizeError, SqlglotError
+from sqlglot.optimizer.qualify import qualify
+from sqlglot.optimizer.scope import Scope, traverse_scope
+from sqlglot.schema import MappingSchema
+
+from failstore.errors import SqlRefused
+from failstore.queries.stored import default_literal, expand_templates, param_literal, sql_type
+
+if TYPE_CHECKING:
+    from failstore.queries.stored import StoredQuery
+
+ALLOWED = "only one read-only query is allowed: SELECT, WITH ... SELECT, UNION/INTERSECT/EXCEPT"
+TABLE_FUNCTIONS_ALLOWED = ("unnest", "range", "generate_series")
+STORED_PREFIX = "_stored_"
+
+# Statement nodes that must not occur anywhere in the tree.
+FORBIDDEN_NODES: tuple[type[exp.Expression], ...] = (
+    exp.DDL, exp.DML, exp.Create, exp.Drop, exp.Alter, exp.Command, exp.Copy, exp.Attach,
+    exp.Detach, exp.Pragma, exp.Set, exp.Install, exp.Use, exp.Into, exp.Describe, exp.Show,
+    exp.Summarize, exp.Transaction, exp.Commit, exp.Rollback, exp.Export, exp.Analyze, exp.Grant,
+    exp.Revoke, exp.Refresh, exp.Cache, exp.Uncache, exp.Kill, exp.LoadData,
+)  # fmt: skip
+
+# Functions that read files, the environment, settings or secrets, or run SQL text.
+FORBIDDEN_FUNCTION_PREFIXES = (
+    "read_", "parquet_", "pragma_", "duckdb_", "file_", "sqlite_", "postgres_", "mysql_",
+    "iceberg_", "delta_", "json_execute", "python_", "pandas_", "arrow_scan", "register_",
+    "deregister_", "create_", "destroy_", "import_", "export_", "copy_", "load_", "install_",
+    "enable_", "disable_", "truncate_", "force_", "http_", "st_read", "lance_",
+)  # fmt: skip
+FORBIDDEN_FUNCTIONS = frozenset(
+    {
+        "glob", "getenv", "current_setting", "current_query", "sniff_csv", "query", "query_table",
+        "which_secret", "checkpoint", "write_log", "summary", "seq_scan", "test_all_types",
+        "test_vector_types", "system", "shell", "csv_scan", "json_scan", "repeat_row",
+    }
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class GuardedQuery:
+    sql: str  # DuckDB SQL to run
+    tables: frozenset[str]  # base tables the query reads
+
+
+@contextmanager
+def _quiet_sqlglot() -> Iterator[None]:
+    """sqlglot logs a warning when it falls back to a Command; we refuse those anyway."""
+    logger = logging.getLogger("sqlglot")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def resolve_dialect(dialect: str | None) -> str:
+    name = (dialect or "duckdb").strip().lower()
+    valid = sorted(d.value for d in sqlglot.dialects.Dialects if d.value)
+    if name not in valid:
+        raise SqlRefused(f"unknown SQL dialect {dialect!r}; valid dialects: {', '.join(valid)}")
+    return name
+
+
+def _statement_name(node: exp.Expression) -> str:
+    if isinstance(node, exp.Command):
+        return str(node.this).upper()
+    kind = node.args.get("kind")
+    name = type(node).__name__.upper()
+    return f"{name} {kind}".upper() if isinstance(kind, str) and kind else name
+
+
+def _parse(sql: str, read: str) -> list[exp.Expression]:
+    try:
+        with _quiet_sqlglot():
+            return [s for s in sqlglot.parse(sql, read=read) if s is not None]
+    except SqlglotError as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise SqlRefused(f"cannot parse the query as {read} SQL: {first}") from e
+
+
+def check_shape(sql: str, dialect: str | None) -> exp.Query:
+    """Parse ``sql`` and return it as a DuckDB-dialect tree of one read-only query."""
+    read = resolve_dialect(dialect)
+    statements = _parse(sql, read)
+    if not statements:
+        raise SqlRefused(f"empty query; {ALLOWED}")
+    if len(statements) > 1:
+        raise SqlRefused(f"{len(statements)} statements given; {ALLOWED}")
+    tree = statements[0]
+    _check_read_only(tree)
+    if read != "duckdb":  # work on what DuckDB will actually run
+        with _quiet_sqlglot():
+            text = tree.sql(dialect="duckdb", comments=False)
+        statements = _parse(text, "duckdb")
+        if len(statements) != 1:
+            raise SqlRefused(f"the query does not translate to one DuckDB query; {ALLOWED}")
+        tree = statements[0]
+        _check_read_only(tree)
+    _check_functions(tree)
+    return tree  # type: ignore[return-value]
+
+
+def _check_read_only(tree: exp.Expression) -> None:
+    if not isinstance(tree, exp.Query):
+        if isinstance(tree, (*FORBIDDEN_NODES, exp.Pivot)):
+            raise SqlRefused(f"{_statement_name(tree)} is not allowed; {ALLOWED}")
+        raise SqlRefused(f"{tree.sql('duckdb')[:40]!r} is not a query; {ALLOWED}")
+    for node in tree.walk():
+        if isinstance(node, FORBIDDEN_NODES):
+            what = "SELECT ... INTO" if isinstance(node, exp.Into) else _statement_name(node)
+            raise SqlRefused(f"{what} inside the query is not allowed; {ALLOWED}")
+
+
+def _function_names(node: exp.Func) -> set[str]:
+    if isinstance(node, exp.Anonymous):
+        return {str(node.name).lower()}
+    return {n.lower() for n in type(node).sql_names()} | {node.key.lower()}
+
+
+def _check_functions(tree: exp.Expression) -> None:
+    for node in tree.walk():
+        if isinstance(node, exp.Table) and not isinstance(node.this, exp.Identifier):
+            _check_table_function(node)
+        if isinstance(node, exp.Func):
+            for name in _function_names(node):
+                if name in FORBIDDEN_FUNCTIONS or name.startswith(FORBIDDEN_FUNCTION_PREFIXES):
+                    raise SqlRefused(
+                        f"function {name}() is not allowed: it reads files, settings or the "
+                        "environment, or runs SQL; query the store's tables instead"
+                    )
+        elif isinstance(node, exp.Placeholder) and not node.this:
+            raise SqlRefused("positional placeholders (?) are not supported; use $name")
+        elif isinstance(node, exp.Parameter):
+            raise SqlRefused(f"parameter {node.sql('duckdb')} is not supported; use $name")
+
+
+def _check_table_function(table: exp.Table) -> None:
+    func = table.this
+    if isinstance(func, (exp.Unnest, exp.Explode, exp.GenerateSeries)):
+        return
+    names = type(func).sql_names() if not isinstance(func, exp.Anonymous) else [func.name]
+    name = str(names[0] if names else func.key).lower()
+    if isinstance(func, exp.Anonymous) and name in TABLE_FUNCTIONS_ALLOWED:
+        return
+    raise SqlRefused(
+        f"table function {name}() is not allowed in FROM/JOIN; read the store's tables, "
+        f"stored queries or CTEs (allowed table functions: {', '.join(TABLE_FUNCTIONS_ALLOWED)})"
+    )
+
+
+def placeholder_names(tree: exp.Expression) -> set[str]:
+    return {str(p.this) for p in tree.find_all(exp.Placeholder) if p.this}
+
+
+def _substitute(tree: exp.Expression, values: Mapping[str, exp.Expression], who: str) -> None:
+    for node in list(tree.find_all(exp.Placeholder)):
+        name = str(node.this)
+        if name not in values:
+            raise SqlRefused(
+                f"missing parameter ${name} in {who}", hint=f"pass it with --param {name}=VALUE"
+            )
+        node.replace(values[name].copy())
+
+
+def _visible_ctes(node: exp.Expression) -> set[str]:
+    names: set[str] = set()
+    parent = node.parent
+    while parent is not None:
+        with_ = parent.args.get("with_")
+        if isinstance(with_, exp.With):
+            names.update(cte.alias_or_name.lower() for cte in with_.expressions)
+        parent = parent.parent
+    return names
+
+
+class _Expander:
+    """Resolves table references and expands stored queries into CTEs."""
+
+    def __init__(
+        self,
+        tables: Mapping[str, pa.Schema],
+        stored: Mapping[str, StoredQuery],
+        params: Mapping[str, str],
+    ) -> None:
+        self.tables = {k.lower(): k for k in tables}
+        self.schemas = tables
+        self.stored = {k.lower(): v for k, v in stored.items()}
+        self.params = params
+        self.ctes: dict[str, exp.Expression] = {}  # in dependency order
+        self.used_tables: set[str] = set()
+        self.declared: set[str] = set()
+
+    def resolve(self, tree: exp.Expression, chain: tuple[str, ...]) -> None:
+        for table in list(tree.find_all(exp.Table)):
+            if not isinstance(table.this, exp.Identifier):
+                continue
+            if table.args.get("db") or table.args.get("catalog"):
+                raise SqlRefused(
+                    f"qualified table name {table.sql('duckdb')!r} is not allowed; "
+                    f"use the bare name. {self._known()}"
+                )
+            name = table.name.lower()
+            if name in _visible_ctes(table):
+                continue
+            if name in self.tables:
+                self.used_tables.add(self.tables[name])
+            elif name in self.stored:
+                self._expand(name, chain)
+                alias = table.alias or table.name
+                table.set("this", exp.to_identifier(STORED_PREFIX + name))
+                table.set("alias", exp.TableAlias(this=exp.to_identifier(alias)))
+            else:
+                known = [*self.tables.values(), *self.stored]
+                close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+                hint = f"did you mean {close[0]!r}? " if close else ""
+                raise SqlRefused(f"unknown table {table.name!r}; {hint}{self._known()}")
+
+    def _known(self) -> str:
+        stored = ", ".join(sorted(self.stored)) or "none"
+        return f"Known tables: {', '.join(sorted(self.tables.values()))}; stored queries: {stored}"
+
+    def _expand(self, name: str, chain: tuple[str, ...]) -> None:
+        if name in chain:
+            raise SqlRefused(
+                f"stored queries refer to each other in a cycle: {' -> '.join((*chain, name))}"
+            )
+        if name in self.ctes:
+            return
+        query = self.stored[name]
+        who = f"stored query {query.name!r}"
+        try:
+            tree = check_shape(expand_templates(query.sql, self.schemas), "duckdb")
+        except SqlRefused as e:
+            raise SqlRefused(f"{who} is invalid: {e.one_line()}") from e
+        values: dict[str, exp.Expression] = {}
+        for p in query.parameters:
+            self.declared.add(p.name)
+            if p.name in self.params:
+                values[p.name] = param_literal(self.params[p.name])
+            elif p.default is not None:
+                values[p.name] = default_literal(p.default)
+        _substitute(tree, values, who)
+        self.resolve(tree, (*chain, name))
+        self.ctes[name] = tree
+
+
+def _attach_ctes(tree: exp.Query, ctes: Mapping[str, exp.Expression]) -> exp.Query:
+    if not ctes:
+        return tree
+    while isinstance(tree, exp.Subquery) and set(tree.args) - {"this"} == set():
+        tree = tree.this
+    if not isinstance(tree, (exp.Select, exp.SetOperation)):
+        tree = exp.select("*").from_(tree.subquery("_q"))
+    new = [
+        exp.CTE(this=body, alias=exp.TableAlias(this=exp.to_identifier(STORED_PREFIX + name)))
+        for name, body in ctes.items()
+    ]
+    with_ = tree.args.get("with_")
+    if isinstance(with_, exp.With):
+        with_.set("expressions", new + list(with_.expressions))
+    else:
+        tree.set("with_", exp.With(expressions=new))
+    return tree
+
+
+COLUMN_ERROR_RE = re.compile(
+    r"Column '([^']+)' could not be resolved(?: for table: '([^']+)')?|Unknown column: (\S+)"
+)
+
+
+def _source_columns(source: object, tables: Mapping[str, pa.Schema]) -> list[str]:
+    if isinstance(source, exp.Table) and source.name in tables:
+        return list(tables[source.name].names)
+    if isinstance(source, Scope):
+        return [c for c in source.expression.named_selects if c != "*"]
+    if isinstance(source, exp.Expression):
+        alias = source.args.get("alias")
+        if isinstance(alias, exp.TableAlias):
+            return [c.name for c in alias.columns]
+    return []
+
+
+def _source_label(alias: str, source: object) -> str:
+    if isinstance(source, exp.Table) and isinstance(source.this, exp.Identifier):
+        return source.name.removeprefix(STORED_PREFIX)
+    return alias
+
+
+def _unknown_column_message(
+    error: str, tree: exp.Expression, tables: Mapping[str, pa.Schema]
+) -> str | None:
+    """sqlglot's column error -> ``unknown column 'x' in table 't'; did you mean 'y'?``.
+
+    None when the name is a select alias (DuckDB allows aliases in WHERE/GROUP BY)."""
+    m = COLUMN_ERROR_RE.search(error)
+    if not m:
+        return None
+    name, qualifier = m.group(1) or m.group(3), m.group(2)
+    if any(a.alias.lower() == name.lower() for a in tree.find_all(exp.Alias)):
+        return None
+    for scope in traverse_scope(tree.copy()):
+        for col in scope.columns:
+            if col.name.lower() != name.lower():
+                continue
+            if qualifier and col.table.lower() != qualifier.lower():
+                continue
+            sources = {alias: src for alias, (_, src) in scope.selected_sources.items()}
+            if col.table and col.table not in sources:
+                here = ", ".join(sources) or "none"
+                return f"unknown table or alias {col.table!r}; tables and aliases here: {here}"
+            picked = {col.table: sources[col.table]} if col.table else sources
+            candidates = [c for src in picked.values() for c in _source_columns(src, tables)]
+            labels = [repr(_source_label(a, s)) for a, s in picked.items()]
+            where = f"table {labels[0]}" if len(labels) == 1 else f"tables {', '.join(labels)}"
+            close = difflib.get_close_matches(name, candidates, n=1, cutoff=0.6)
+            if close:
+                return f"unknown column {name!r} in {where}; did you mean {close[0]!r}?"
+            listed = ", ".join(candidates[:40]) + (", ..." if len(candidates) > 40 else "")
+            return f"unknown column {name!r} in {where}; its columns are: {listed or 'none'}"
+    return f"unknown column {name!r}"
+
+
+def _check_columns(tree: exp.Query, tables: Mapping[str, pa.Schema]) -> None:
+    schema = MappingSchema(
+        {name: {f.name: sql_type(f.type) for f in s} for name, s in tables.items()},
+        dialect="duckdb",
+    )
+    try:
+        qualify(tree.copy(), schema=schema, dialect="duckdb", validate_qualify_columns=True)
+    except OptimizeError as e:
+        message = _unknown_column_message(str(e), tree, tables)
+        if message:
+            raise SqlRefused(message) from e
+    except Exception:  # sqlglot cannot follow some DuckDB syntax: DuckDB checks it
+        return
+
+
+def guard_query(
+    sql: str,
+    *,
+    tables: Mapping[str, pa.Schema],
+    stored: Mapping[str, StoredQuery],
+    dialect: str | None = None,
+    params: Mapping[str, str] | None = None,
+) -> GuardedQuery:
+    """``guard`` that also reports which base tables the query reads."""
+    params = dict(params or {})
+    tree = check_shape(sql, dialect)
+    top_level = placeholder_names(tree)
+    expander = _Expander(tables, stored, params)
+    expander.resolve(tree, ())
+    _substitute(tree, {k: param_literal(params[k]) for k in top_level if k in params}, "the query")
+    unknown = sorted(set(params) - top_level - expander.declared)
+    if unknown:
+        takes = sorted(top_level | expander.declared)
+        raise SqlRefused(
+            f"unknown parameter(s) {', '.join(unknown)}; "
+            f"this query takes: {', '.join(takes) if takes else 'no parameters'}"
+        )
+    tree = _attach_ctes(tree, expander.ctes)
+    _check_columns(tree, tables)
+    with _quiet_sqlglot():
+        text = tree.sql(dialect="duckdb", comments=False)
+    return GuardedQuery(text, frozenset(expander.used_tables))
+
+
+def guard(
+    sql: str,
+    *,
+    tables: Mapping[str, pa.Schema],
+    stored: Mapping[str, StoredQuery],
+    dialect: str | None = None,
+    params: Mapping[str, str] | None = None,
+) -> str:
+    """Check ``sql`` and return the DuckDB SQL to run; raise SqlRefused (one line) if refused."""
+    return guard_query(sql, tables=tables, stored=stored, dialect=dialect, params=params).sql

@@ -1,0 +1,17 @@
+-- name: samples
+-- description: One row per (model, image): the model's prediction joined to the image's
+-- description: split, label, tags and metadata columns (vectors, mask and boxes left out).
+SELECT
+    p.model,
+    i.image_id,
+    i.uri,
+    i.split,
+    i.label,
+    p.target,
+    p.prediction,
+    p.confidence,
+    p.correct,
+    {{ column(images, i, tags) }}
+    {{ other_columns(images, i, image_id, uri, split, label, tags, boxes, mask) }}
+FROM predictions AS p
+JOIN images AS i ON i.image_id = p.image_id

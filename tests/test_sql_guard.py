@@ -1,0 +1,353 @@
+"""The SQL guard: exact refusals, did-you-mean messages, dialects, parameters, expansion."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pytest
+import sqlglot
+from sqlglot import exp
+
+from failstore.errors import SqlRefused
+from failstore.queries.guard import guard, guard_query
+from failstore.queries.stored import Param, StoredQuery, builtin_queries
+from failstore.schemas import (
+    IMAGE_BASE_FIELDS,
+    MODELS_SCHEMA,
+    PREDICTIONS_SCHEMA,
+    clip_fields,
+)
+
+IMAGES = pa.schema(
+    [*IMAGE_BASE_FIELDS, *clip_fields(4, 3), pa.field("attr_background", pa.string())]
+)
+TABLES = {"images": IMAGES, "predictions": PREDICTIONS_SCHEMA, "models": MODELS_SCHEMA}
+STORED = builtin_queries()
+ALLOWED = "only one read-only query is allowed: SELECT, WITH ... SELECT, UNION/INTERSECT/EXCEPT"
+KNOWN = f"Known tables: images, models, predictions; stored queries: {', '.join(sorted(STORED))}"
+TABLE_FN = (
+    "is not allowed in FROM/JOIN; read the store's tables, stored queries or CTEs "
+    "(allowed table functions: unnest, range, generate_series)"
+)
+FN = "is not allowed: it reads files, settings or the environment, or runs SQL; query the store's tables instead"  # noqa: E501
+
+
+def run_guard(sql: str, **kwargs) -> str:
+    return guard(sql, tables=TABLES, stored=STORED, **kwargs)
+
+
+def refusal(sql: str, **kwargs) -> str:
+    with pytest.raises(SqlRefused) as info:
+        run_guard(sql, **kwargs)
+    return str(info.value)
+
+
+STATEMENTS = [
+    ("DROP TABLE images", "DROP TABLE"),
+    ("INSERT INTO images (image_id) VALUES ('x')", "INSERT"),
+    ("UPDATE images SET label = 'x'", "UPDATE"),
+    ("DELETE FROM images", "DELETE"),
+    (
+        "MERGE INTO images USING images AS s ON images.image_id = s.image_id "
+        "WHEN MATCHED THEN DELETE",
+        "MERGE",
+    ),
+    ("COPY images TO '/tmp/x.csv'", "COPY"),
+    ("ATTACH '/tmp/x.db' AS x", "ATTACH"),
+    ("DETACH x", "DETACH"),
+    ("PRAGMA version", "PRAGMA"),
+    ("SET threads = 1", "SET"),
+    ("RESET threads", "RESET"),
+    ("INSTALL httpfs", "INSTALL"),
+    ("LOAD httpfs", "LOAD"),
+    ("CREATE TABLE t AS SELECT 1", "CREATE TABLE"),
+    ("CREATE VIEW v AS SELECT 1", "CREATE VIEW"),
+    ("CREATE MACRO m(x) AS x", "CREATE MACRO"),
+    ("ALTER TABLE images ADD COLUMN z INT", "ALTER TABLE"),
+    ("CALL pragma_version()", "CALL"),
+    ("VACUUM", "VACUUM"),
+    ("USE x", "USE"),
+    ("DESCRIBE images", "DESCRIBE"),
+    ("SHOW TABLES", "SHOW"),
+    ("SUMMARIZE images", "SUMMARIZE"),
+    ("EXPLAIN SELECT 1", "EXPLAIN"),
+    ("BEGIN TRANSACTION", "TRANSACTION"),
+]
+
+
+@pytest.mark.parametrize(("sql", "what"), STATEMENTS)
+def test_non_select_statements_are_refused(sql: str, what: str) -> None:
+    assert refusal(sql) == f"{what} is not allowed; {ALLOWED}"
+
+
+@pytest.mark.parametrize(
+    ("sql", "message"),
+    [
+        (
+            "WITH d AS (DELETE FROM images RETURNING *) SELECT * FROM d",
+            f"DELETE inside the query is not allowed; {ALLOWED}",
+        ),
+        (
+            "SELECT * INTO t FROM images",
+            f"SELECT ... INTO inside the query is not allowed; {ALLOWED}",
+        ),
+        ("CHECKPOINT", f"'CHECKPOINT' is not a query; {ALLOWED}"),
+        (
+            "EXPORT DATABASE '/tmp/x'",
+            "cannot parse the query as duckdb SQL: "
+            "Invalid expression / Unexpected token. Line 1, Col: 24.",
+        ),
+        ("SELECT 1; DROP TABLE images", f"2 statements given; {ALLOWED}"),
+        ("SELECT 1 /* ; */; DROP TABLE images", f"2 statements given; {ALLOWED}"),
+        ("SELECT 1 -- comment\n; DROP TABLE images", f"2 statements given; {ALLOWED}"),
+        ("-- only a comment", f"empty query; {ALLOWED}"),
+        ("   ", f"empty query; {ALLOWED}"),
+    ],
+)
+def test_shape_refusals(sql: str, message: str) -> None:
+    assert refusal(sql) == message
+
+
+@pytest.mark.parametrize(
+    ("sql", "message"),
+    [
+        ("SELECT * FROM read_csv('/etc/passwd')", f"table function read_csv() {TABLE_FN}"),
+        (
+            "SELECT * FROM read_csv_auto('/etc/passwd')",
+            f"table function read_csv_auto() {TABLE_FN}",
+        ),
+        ("SELECT * FROM read_parquet('x.parquet')", f"table function read_parquet() {TABLE_FN}"),
+        ("SELECT * FROM glob('*')", f"table function glob() {TABLE_FN}"),
+        ("SELECT * FROM query('DROP TABLE images')", f"table function query() {TABLE_FN}"),
+        ("SELECT * FROM query_table('images')", f"table function query_table() {TABLE_FN}"),
+        ("SELECT * FROM duckdb_tables()", f"table function duckdb_tables() {TABLE_FN}"),
+        ("SELECT * FROM pragma_version()", f"table function pragma_version() {TABLE_FN}"),
+        ("SELECT * FROM sniff_csv('/etc/passwd')", f"table function sniff_csv() {TABLE_FN}"),
+        ("SELECT * FROM parquet_metadata('x')", f"table function parquet_metadata() {TABLE_FN}"),
+        (
+            "SELECT * FROM images, read_text('/etc/passwd')",
+            f"table function read_text() {TABLE_FN}",
+        ),
+        (
+            "SELECT (SELECT count(*) FROM read_csv('/etc/passwd'))",
+            f"table function read_csv() {TABLE_FN}",
+        ),
+        ("SELECT getenv('HOME')", f"function getenv() {FN}"),
+        ("SELECT read_text('/etc/passwd')", f"function read_text() {FN}"),
+        ("SELECT current_setting('threads')", f"function current_setting() {FN}"),
+        ("SELECT which_secret('s3://x', 's3')", f"function which_secret() {FN}"),
+        ("SELECT load_extension('x')", f"function load_extension() {FN}"),
+        ("SELECT json_execute_serialized_sql('x')", f"function json_execute_serialized_sql() {FN}"),
+        ("SELECT label FROM images WHERE getenv('HOME') IS NOT NULL", f"function getenv() {FN}"),
+        ("SELECT * FROM '/etc/passwd'", f"unknown table '/etc/passwd'; {KNOWN}"),
+        ("SELECT * FROM duckdb_settings", f"unknown table 'duckdb_settings'; {KNOWN}"),
+        (
+            "SELECT * FROM main.images",
+            f"qualified table name 'main.images' is not allowed; use the bare name. {KNOWN}",
+        ),
+        (
+            "SELECT * FROM information_schema.tables",
+            "qualified table name 'information_schema.tables' is not allowed; use the bare name. "
+            f"{KNOWN}",
+        ),
+        ("SELECT ?", "positional placeholders (?) are not supported; use $name"),
+    ],
+)
+def test_file_environment_and_catalog_access_is_refused(sql: str, message: str) -> None:
+    assert refusal(sql) == message
+
+
+def test_comments_cannot_smuggle_a_statement() -> None:
+    out = run_guard("SELECT label FROM images -- ; DROP TABLE images\n/* ; DROP TABLE images */")
+    assert out == "SELECT label FROM images"
+
+
+def test_unknown_table_suggests_the_closest_name() -> None:
+    assert refusal("SELECT * FROM imgaes") == (
+        f"unknown table 'imgaes'; did you mean 'images'? {KNOWN}"
+    )
+    assert refusal("SELECT * FROM sampels") == (
+        f"unknown table 'sampels'; did you mean 'samples'? {KNOWN}"
+    )
+
+
+@pytest.mark.parametrize(
+    ("sql", "message"),
+    [
+        (
+            "SELECT labl FROM images",
+            "unknown column 'labl' in table 'images'; did you mean 'label'?",
+        ),
+        (
+            "SELECT i.labl FROM images AS i",
+            "unknown column 'labl' in table 'images'; did you mean 'label'?",
+        ),
+        (
+            "SELECT label FROM images WHERE attr_backgrund = 'x'",
+            "unknown column 'attr_backgrund' in table 'images'; did you mean 'attr_background'?",
+        ),
+        (
+            "SELECT predction FROM images i JOIN predictions p USING (image_id)",
+            "unknown column 'predction' in tables 'images', 'predictions'; "
+            "did you mean 'prediction'?",
+        ),
+        (
+            "SELECT lbl FROM samples",
+            "unknown column 'lbl' in table 'samples'; did you mean 'label'?",
+        ),
+        (
+            "SELECT t.tg FROM images, UNNEST(tags) AS t(tag)",
+            "unknown column 'tg' in table 't'; did you mean 'tag'?",
+        ),
+        (
+            "SELECT x.label FROM images AS i",
+            "unknown table or alias 'x'; tables and aliases here: i",
+        ),
+        (
+            "SELECT zzzz FROM models",
+            "unknown column 'zzzz' in table 'models'; its columns are: "
+            + ", ".join(MODELS_SCHEMA.names),
+        ),
+    ],
+)
+def test_unknown_columns_get_one_line_messages(sql: str, message: str) -> None:
+    assert refusal(sql) == message
+
+
+def test_unknown_dialect_lists_valid_ones() -> None:
+    message = refusal("SELECT 1", dialect="postgresql")
+    assert message.startswith("unknown SQL dialect 'postgresql'; valid dialects: ")
+    assert "postgres, presto" in message and "tsql" in message
+
+
+@pytest.mark.parametrize(
+    ("sql", "dialect", "expected"),
+    [
+        (
+            "SELECT label::text FROM images LIMIT 5",
+            "postgres",
+            "SELECT CAST(label AS TEXT) FROM images LIMIT 5",
+        ),
+        ("SELECT TOP 3 label FROM images", "tsql", "SELECT label FROM images LIMIT 3"),
+        ("SELECT `label` FROM `images`", "bigquery", 'SELECT "label" FROM "images"'),
+        (
+            "SELECT label FROM images WHERE label = :lab",
+            "snowflake",
+            "SELECT label FROM images WHERE label = 'cat'",
+        ),
+    ],
+)
+def test_dialects_are_transpiled_to_duckdb(sql: str, dialect: str, expected: str) -> None:
+    assert run_guard(sql, dialect=dialect, params={"lab": "cat"} if ":lab" in sql else None) == (
+        expected
+    )
+
+
+def test_other_dialects_are_checked_too() -> None:
+    assert refusal("DELETE FROM images", dialect="tsql") == f"DELETE is not allowed; {ALLOWED}"
+    assert refusal("SELECT * FROM imgaes", dialect="bigquery").startswith("unknown table 'imgaes'")
+
+
+def test_parameters_become_literals_never_sql() -> None:
+    out = run_guard(
+        "SELECT label FROM images WHERE label = $lab AND width > $w",
+        params={"lab": "x'; DROP TABLE images; --", "w": "30"},
+    )
+    assert (
+        out == "SELECT label FROM images WHERE label = 'x''; DROP TABLE images; --' AND width > 30"
+    )
+    assert len(sqlglot.parse(out, read="duckdb")) == 1
+    assert run_guard("SELECT $v AS v", params={"v": "'quoted'"}) == "SELECT 'quoted' AS v"
+    assert run_guard("SELECT $v AS v", params={"v": "-2.5e3"}) == "SELECT -2.5E+3 AS v"
+    assert run_guard("SELECT $v AS v", params={"v": "12abc"}) == "SELECT '12abc' AS v"
+
+
+def test_missing_and_unknown_parameters() -> None:
+    assert refusal("SELECT $lab AS v") == (
+        "missing parameter $lab in the query; pass it with --param lab=VALUE"
+    )
+    assert refusal("SELECT 1 AS v", params={"lab": "x"}) == (
+        "unknown parameter(s) lab; this query takes: no parameters"
+    )
+    assert refusal("SELECT * FROM class_error_rates", params={"grouping": "label", "x": "1"}) == (
+        "unknown parameter(s) x; this query takes: grouping, model"
+    )
+
+
+def test_stored_queries_expand_as_ctes_with_parameters() -> None:
+    result = guard_query(
+        "SELECT * FROM class_error_rates AS c WHERE c.n > 1",
+        tables=TABLES,
+        stored=STORED,
+        params={"grouping": "prediction"},
+    )
+    assert result.tables == frozenset({"images", "predictions"})
+    tree = sqlglot.parse_one(result.sql, read="duckdb")
+    ctes = [cte.alias for cte in tree.args["with_"].expressions]
+    assert ctes == ["_stored_class_error_rates"]
+    assert "CASE 'prediction' WHEN 'label'" in result.sql
+    assert "WHERE NULL IS NULL OR p.model = NULL" in result.sql
+    assert result.sql.endswith("SELECT * FROM _stored_class_error_rates AS c WHERE c.n > 1")
+
+
+def test_nested_stored_queries_cycles_and_shadowing() -> None:
+    stored = dict(STORED)
+    stored["cats"] = StoredQuery(
+        "cats", "", (Param("lab", "'cat'"),), "SELECT * FROM samples WHERE label = $lab", "store"
+    )
+    stored["a"] = StoredQuery("a", "", (), "SELECT * FROM b", "store")
+    stored["b"] = StoredQuery("b", "", (), "SELECT * FROM a", "store")
+    out = guard("SELECT image_id FROM cats", tables=TABLES, stored=stored)
+    tree = sqlglot.parse_one(out, read="duckdb")
+    assert [c.alias for c in tree.args["with_"].expressions] == ["_stored_samples", "_stored_cats"]
+    assert "WHERE label = 'cat'" in out
+    with pytest.raises(
+        SqlRefused, match=r"^stored queries refer to each other in a cycle: a -> b -> a$"
+    ):
+        guard("SELECT * FROM a", tables=TABLES, stored=stored)
+    # A user CTE named like a stored query shadows it.
+    out = guard(
+        "WITH samples AS (SELECT 1 AS x) SELECT x FROM samples", tables=TABLES, stored=stored
+    )
+    assert out == "WITH samples AS (SELECT 1 AS x) SELECT x FROM samples"
+
+
+def test_samples_without_model_columns_fills_null_tags() -> None:
+    bare = pa.schema([*IMAGE_BASE_FIELDS, pa.field("attr_light", pa.string())])
+    out = guard("SELECT * FROM samples", tables={**TABLES, "images": bare}, stored=STORED)
+    assert 'CAST(NULL AS TEXT[]) AS "tags"' in out
+    tree = sqlglot.parse_one(out, read="duckdb")
+    body = tree.args["with_"].expressions[0].this
+    assert body.named_selects == [
+        "model",
+        "image_id",
+        "uri",
+        "split",
+        "label",
+        "target",
+        "prediction",
+        "confidence",
+        "correct",
+        "tags",
+        "width",
+        "height",
+        "ingested_at",
+        "attr_light",
+    ]
+
+
+def test_allowed_queries_pass_unchanged_in_meaning() -> None:
+    ok = [
+        "SELECT tag, count(*) AS n FROM images, UNNEST(tags) AS t(tag) GROUP BY tag",
+        "SELECT image_id FROM images ORDER BY array_cosine_similarity(clip_embedding, "
+        "[1, 0, 0, 0]::FLOAT[4]) DESC LIMIT 3",
+        "SELECT * FROM range(3)",
+        "(SELECT label FROM images) UNION (SELECT prediction FROM predictions) ORDER BY 1",
+        "SELECT label FROM images INTERSECT SELECT target FROM predictions",
+        "SELECT label AS l FROM images WHERE l = 'cat'",
+        "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r WHERE n < 3) "
+        "SELECT n FROM r",
+        "SELECT list_transform(tags, x -> upper(x)) AS t FROM images",
+    ]
+    for sql in ok:
+        tree = sqlglot.parse_one(run_guard(sql), read="duckdb")
+        assert isinstance(tree, exp.Query), sql
