@@ -73,14 +73,17 @@ def main() -> None:
     fwd = time.perf_counter() - t0
     del batches
     # A: the whole ingest.
-    opts = IngestOptions(source=data, target=args.model, batch_size=args.batch_size,
-                         workers=args.workers)
+    opts = IngestOptions(
+        source=data, target=args.model, batch_size=args.batch_size, workers=args.workers
+    )
     t0 = time.perf_counter()
     report = ingest(args.dir / "store", opts)
     full = time.perf_counter() - t0
     n = args.images
-    print(f"torch threads {torch.get_num_threads()}, decode workers {args.workers}, "
-          f"batch {args.batch_size}, {n} images, model {args.model}")
+    print(
+        f"torch threads {torch.get_num_threads()}, decode workers {args.workers}, "
+        f"batch {args.batch_size}, {n} images, model {args.model}"
+    )
     print(f"forward only : {n / fwd:7.1f} images/s ({fwd:.1f} s)")
     print(f"ingest       : {n / full:7.1f} images/s ({full:.1f} s)  [{report.summary()}]")
     print(f"ratio ingest/forward = {fwd / full:.2f}  (target >= 0.8)")

@@ -53,10 +53,14 @@ def build(path: Path, n: int, classes: int = 1000, chunk: int = 250_000) -> tupl
         feats = rng.standard_normal((m, 32), dtype=np.float32)
         images = pa.table(
             {
-                "image_id": ids, "uri": [f"/data/{i}.png" for i in range(start, start + m)],
-                "split": np.where(rng.random(m) < 0.5, "val", "test"), "label": lab,
-                "width": np.full(m, 64, np.int32), "height": np.full(m, 64, np.int32),
-                "boxes": pa.nulls(m, pa.list_(schemas.BOX_TYPE)), "mask": pa.nulls(m, pa.binary()),
+                "image_id": ids,
+                "uri": [f"/data/{i}.png" for i in range(start, start + m)],
+                "split": np.where(rng.random(m) < 0.5, "val", "test"),
+                "label": lab,
+                "width": np.full(m, 64, np.int32),
+                "height": np.full(m, 64, np.int32),
+                "boxes": pa.nulls(m, pa.list_(schemas.BOX_TYPE)),
+                "mask": pa.nulls(m, pa.binary()),
                 "ingested_at": pa.nulls(m, pa.timestamp("us", tz="UTC")),
                 "robust_model": ["r"] * m,
                 "robust_features": pa.FixedSizeListArray.from_arrays(pa.array(feats.ravel()), 32),
@@ -66,9 +70,13 @@ def build(path: Path, n: int, classes: int = 1000, chunk: int = 250_000) -> tupl
         probs = rng.random((m, 10), dtype=np.float32)
         preds = pa.table(
             {
-                "model": ["m"] * m, "image_id": ids, "target": lab, "prediction": pred,
+                "model": ["m"] * m,
+                "image_id": ids,
+                "target": lab,
+                "prediction": pred,
                 "prediction_index": np.zeros(m, np.int32),
-                "confidence": rng.random(m, dtype=np.float32), "correct": pred == lab,
+                "confidence": rng.random(m, dtype=np.float32),
+                "correct": pred == lab,
                 "probabilities": pa.ListArray.from_arrays(
                     pa.array(np.arange(0, 10 * m + 1, 10, dtype=np.int32)), pa.array(probs.ravel())
                 ),
@@ -78,14 +86,22 @@ def build(path: Path, n: int, classes: int = 1000, chunk: int = 250_000) -> tupl
             schema=schemas.PREDICTIONS_SCHEMA,
         )
         # Bulk load: plain appends (the ingest path upserts; that is not what is measured here).
-        for name, t, sch in (("images", images, img_schema),
-                             ("predictions", preds, schemas.PREDICTIONS_SCHEMA)):
+        for name, t, sch in (
+            ("images", images, img_schema),
+            ("predictions", preds, schemas.PREDICTIONS_SCHEMA),
+        ):
             tbl = store._table(name, sch)
             tbl.add(t)
         if wi is None:
-            wi = pq.ParquetWriter(pq_i, pa.schema([("image_id", pa.string()), ("label", pa.string())]))
-            wp = pq.ParquetWriter(pq_p, pa.schema([("model", pa.string()), ("image_id", pa.string()),
-                                                   ("correct", pa.bool_())]))
+            wi = pq.ParquetWriter(
+                pq_i, pa.schema([("image_id", pa.string()), ("label", pa.string())])
+            )
+            wp = pq.ParquetWriter(
+                pq_p,
+                pa.schema(
+                    [("model", pa.string()), ("image_id", pa.string()), ("correct", pa.bool_())]
+                ),
+            )
         wi.write_table(images.select(["image_id", "label"]))
         wp.write_table(preds.select(["model", "image_id", "correct"]))
     wi.close()
@@ -116,8 +132,15 @@ def main() -> None:
     pq_i, pq_p = build(args.dir / "store", args.rows)
     print(f"built {args.rows} images + predictions in {time.perf_counter() - t0:.1f} s")
     store = Store(args.dir / "store")
-    cli = [str(ROOT / ".venv" / "bin" / "failstore"), "--store", str(store.path), "sql",
-           "SELECT * FROM class_error_rates", "--format", "csv"]
+    cli = [
+        str(ROOT / ".venv" / "bin" / "failstore"),
+        "--store",
+        str(store.path),
+        "sql",
+        "SELECT * FROM class_error_rates",
+        "--format",
+        "csv",
+    ]
 
     import duckdb
 
@@ -131,11 +154,15 @@ def main() -> None:
     assert ours.num_rows == theirs.num_rows, (ours.num_rows, theirs.num_rows)
     print(f"duckdb over parquet      : {base * 1000:8.0f} ms")
     print(f"Store.sql (in-process)   : {lib * 1000:8.0f} ms   ratio {lib / base:.2f}")
-    print(f"failstore sql (CLI)      : {cmd * 1000:8.0f} ms   ratio {cmd / base:.2f}  (target <= 1.5)")
+    print(
+        f"failstore sql (CLI)      : {cmd * 1000:8.0f} ms   ratio {cmd / base:.2f}  (target <= 1.5)"
+    )
 
-    probe = ("import sys; from failstore.cli.app import main\n"
-             "try: main(sys.argv[1:])\nexcept SystemExit: pass\n"
-             "print('torch' in sys.modules, file=sys.stderr)")
+    probe = (
+        "import sys; from failstore.cli.app import main\n"
+        "try: main(sys.argv[1:])\nexcept SystemExit: pass\n"
+        "print('torch' in sys.modules, file=sys.stderr)"
+    )
     for argv in (["--help"], ["--store", str(store.path), "sql", "SELECT 1 AS x"]):
         r = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, text=True)
         print(f"imports torch for {' '.join(argv[-2:])!r}: {r.stderr.strip().splitlines()[-1]}")

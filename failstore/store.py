@@ -51,7 +51,9 @@ class Store:
                     hint="run `failstore init` or `failstore ingest` first, or pass --store PATH",
                 )
             self.path.mkdir(parents=True, exist_ok=True)
-            marker.write_text(json.dumps({"format": FORMAT_VERSION, "created": utcnow().isoformat()}))
+            marker.write_text(
+                json.dumps({"format": FORMAT_VERSION, "created": utcnow().isoformat()})
+            )
         self._db: Any = None
 
     @classmethod
@@ -155,7 +157,9 @@ class Store:
         if self.has_table(name):
             self.db.open_table(name).delete(where)
 
-    def replace(self, name: str, data: pa.Table, *, metadata: Mapping[str, str] | None = None) -> int:
+    def replace(
+        self, name: str, data: pa.Table, *, metadata: Mapping[str, str] | None = None
+    ) -> int:
         """Overwrite a whole (result) table in one commit; returns the new version."""
         import lance
 
@@ -262,8 +266,12 @@ class Store:
         for name in self.table_names():
             ds = self.dataset(name)
             tables.append(
-                {"table": name, "rows": ds.count_rows(), "version": int(ds.version),
-                 "columns": len(ds.schema)}
+                {
+                    "table": name,
+                    "rows": ds.count_rows(),
+                    "version": int(ds.version),
+                    "columns": len(ds.schema),
+                }
             )
         models = []
         if self.has_table("models"):

@@ -15,8 +15,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 210)}
 
 
-def write_colour_folder(root: Path, per_class: int = 4, size: tuple[int, int] = (24, 20),
-                        seed: int = 0) -> Path:
+def write_colour_folder(
+    root: Path, per_class: int = 4, size: tuple[int, int] = (24, 20), seed: int = 0
+) -> Path:
     """root/<colour>/<i>.png: noisy images whose dominant channel is their label."""
     from PIL import Image
 

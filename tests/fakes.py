@@ -41,7 +41,7 @@ class FakeTarget(_Fake):
     """Predicts the class whose name is the dominant colour channel: red, green or blue."""
 
     role = "target"
-    classes = ["red", "green", "blue"]
+    classes = ("red", "green", "blue")
 
     def encode(self, batch: Any) -> dict[str, np.ndarray]:
         m = self._means(batch).astype(np.float32)
@@ -53,9 +53,16 @@ class FakeTarget(_Fake):
         w = np.zeros((3, self.dim), np.float32)
         w[:3, :3] = 10 * np.eye(3)
         return ModelRecord(
-            name=self.name, role="target", spec=self.spec, checkpoint_sha256="0" * 64,
-            preprocess=PRE, layer="fake", embedding_dim=self.dim, class_names=self.classes,
-            head_weight=w, head_bias=np.zeros(3, np.float32),
+            name=self.name,
+            role="target",
+            spec=self.spec,
+            checkpoint_sha256="0" * 64,
+            preprocess=PRE,
+            layer="fake",
+            embedding_dim=self.dim,
+            class_names=list(self.classes),
+            head_weight=w,
+            head_bias=np.zeros(3, np.float32),
         )
 
 
@@ -67,13 +74,19 @@ class FakeRobust(_Fake):
         return {"robust_features": np.tile(m, 2)[:, : self.dim].astype(np.float32)}
 
     def record(self) -> ModelRecord:
-        return ModelRecord(name=self.name, role="robust", spec=self.spec,
-                           checkpoint_sha256="1" * 64, preprocess=PRE, embedding_dim=self.dim)
+        return ModelRecord(
+            name=self.name,
+            role="robust",
+            spec=self.spec,
+            checkpoint_sha256="1" * 64,
+            preprocess=PRE,
+            embedding_dim=self.dim,
+        )
 
 
 class FakeClip(_Fake):
     role = "clip"
-    tags = ["reddish", "greenish", "blueish"]
+    tags = ("reddish", "greenish", "blueish")
 
     def encode(self, batch: Any) -> dict[str, np.ndarray]:
         m = (self._means(batch) * 0.5 + 0.5).astype(np.float32)  # back to [0, 1] colours
@@ -82,8 +95,13 @@ class FakeClip(_Fake):
 
     def record(self) -> ModelRecord:
         return ModelRecord(
-            name=self.name, role="clip", spec=self.spec, checkpoint_sha256="2" * 64,
-            preprocess=PRE, embedding_dim=3, tags=self.tags,
+            name=self.name,
+            role="clip",
+            spec=self.spec,
+            checkpoint_sha256="2" * 64,
+            preprocess=PRE,
+            embedding_dim=3,
+            tags=list(self.tags),
             prompts=['["a red thing"]', '["a green thing"]', '["a blue thing"]'],
             thresholds=[0.5, 0.5, 0.5],
         )

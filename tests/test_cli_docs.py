@@ -11,11 +11,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_cli_reference_is_current():
     out = subprocess.run(
-        [sys.executable, "-m", "failstore.cli.docgen"], capture_output=True, text=True, check=True,
+        [sys.executable, "-m", "failstore.cli.docgen"],
+        capture_output=True,
+        text=True,
+        check=True,
         cwd=ROOT,
     ).stdout
     current = (ROOT / "docs" / "cli.md").read_text()
-    assert out == current, "docs/cli.md is stale: run `.venv/bin/python -m failstore.cli.docgen > docs/cli.md`"
+    assert out == current, (
+        "docs/cli.md is stale: run `.venv/bin/python -m failstore.cli.docgen > docs/cli.md`"
+    )
 
 
 def test_every_command_has_an_example():

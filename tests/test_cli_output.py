@@ -20,8 +20,9 @@ def _table() -> pa.Table:
             "vec": pa.array([[0.5] * 16, [1.0] * 16], pa.list_(pa.float32(), 16)),
             "tags": [["water", "small"], []],
             "blob": pa.array([b"\x89PNG", None], pa.binary()),
-            "t": pa.array([datetime(2026, 1, 2, tzinfo=timezone.utc)] * 2,
-                          pa.timestamp("us", tz="UTC")),
+            "t": pa.array(
+                [datetime(2026, 1, 2, tzinfo=timezone.utc)] * 2, pa.timestamp("us", tz="UTC")
+            ),
         }
     )
 

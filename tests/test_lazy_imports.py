@@ -25,11 +25,12 @@ print('HEAVY=' + ','.join(heavy), file=sys.stderr)
 
 
 def _heavy(argv: list[str]) -> str:
-    r = subprocess.run([sys.executable, "-c", PROBE.format(argv=argv)], capture_output=True,
-                       text=True)
+    r = subprocess.run(
+        [sys.executable, "-c", PROBE.format(argv=argv)], capture_output=True, text=True
+    )
     line = [ln for ln in r.stderr.splitlines() if ln.startswith("HEAVY=")]
     assert line, r.stderr
-    return line[-1][len("HEAVY="):]
+    return line[-1][len("HEAVY=") :]
 
 
 def test_help_does_not_import_torch():
@@ -38,6 +39,12 @@ def test_help_does_not_import_torch():
 
 def test_sql_does_not_import_torch(tmp_path):
     store = Store.init(tmp_path / "s")
-    store.upsert("ingest_errors", pa.table({"uri": ["a"], "reason": ["x"], "time": [None]},
-                                           schema=schemas.INGEST_ERRORS_SCHEMA))
-    assert _heavy(["--store", str(store.path), "sql", "SELECT count(*) AS n FROM ingest_errors"]) == ""
+    store.upsert(
+        "ingest_errors",
+        pa.table(
+            {"uri": ["a"], "reason": ["x"], "time": [None]}, schema=schemas.INGEST_ERRORS_SCHEMA
+        ),
+    )
+    assert (
+        _heavy(["--store", str(store.path), "sql", "SELECT count(*) AS n FROM ingest_errors"]) == ""
+    )

@@ -39,7 +39,9 @@ def test_upsert_is_keyed_and_idempotent(tmp_path):
     assert store.count("ingest_errors") == 2
     assert v2 == v1 + 1  # one commit per upsert
     store.upsert("ingest_errors", _errors(["b", "c"], "worse"))
-    got = dict(zip(*store.read("ingest_errors", ["uri", "reason"]).to_pydict().values(), strict=True))
+    got = dict(
+        zip(*store.read("ingest_errors", ["uri", "reason"]).to_pydict().values(), strict=True)
+    )
     assert got == {"a": "bad", "b": "worse", "c": "worse"}
 
 
@@ -86,8 +88,12 @@ def test_versions_and_info(tmp_path):
     store.upsert("ingest_errors", _errors(["a"]))
     info = store.info()
     assert info["tables"] == [
-        {"table": "ingest_errors", "rows": 1, "version": store.version("ingest_errors"),
-         "columns": 3}
+        {
+            "table": "ingest_errors",
+            "rows": 1,
+            "version": store.version("ingest_errors"),
+            "columns": 3,
+        }
     ]
     assert store.versions() == {"ingest_errors": store.version("ingest_errors")}
 

@@ -84,8 +84,10 @@ def main(argv: list[str] | None = None) -> None:
         if debug:
             raise
         msg = " ".join(str(e).split()) or type(e).__name__
-        print(f"error: {type(e).__name__}: {msg} (rerun with --debug for a traceback)",
-              file=sys.stderr)
+        print(
+            f"error: {type(e).__name__}: {msg} (rerun with --debug for a traceback)",
+            file=sys.stderr,
+        )
         sys.exit(1)
 
 

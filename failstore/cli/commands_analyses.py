@@ -13,8 +13,20 @@ FormatOpt = Annotated[Format, typer.Option("--format", "-f", help="Output format
 
 # Columns of `failstore slices` output (JSON field names), in order.
 SLICE_FIELDS = [
-    "class", "grouping", "model", "tags", "size", "errors", "error_rate", "base_error_rate",
-    "accuracy_drop", "error_coverage", "importance", "p_value", "q_value", "description",
+    "class",
+    "grouping",
+    "model",
+    "tags",
+    "size",
+    "errors",
+    "error_rate",
+    "base_error_rate",
+    "accuracy_drop",
+    "error_coverage",
+    "importance",
+    "p_value",
+    "q_value",
+    "description",
 ]
 EVAL_FIELDS = ["eval_size", "eval_error_rate", "eval_accuracy_drop", "holds"]
 
@@ -28,22 +40,36 @@ def _csv_list(value: str | None) -> list[str] | None:
 
 def slices(
     ctx: typer.Context,
-    class_: Annotated[list[str] | None, typer.Option("--class", help="Only this class "
-        "(repeatable; default: all classes).")] = None,
+    class_: Annotated[
+        list[str] | None,
+        typer.Option("--class", help="Only this class (repeatable; default: all classes)."),
+    ] = None,
     by: Annotated[str, typer.Option(help="Group images by 'label' or 'prediction'.")] = "label",
-    split: Annotated[str | None, typer.Option(help="Only images of this split "
-        "(default: all).")] = None,
-    eval_split: Annotated[str | None, typer.Option(help="Also evaluate each slice on this "
-        "split (eval_size, eval_error_rate, eval_accuracy_drop, holds).")] = None,
-    model: Annotated[str | None, typer.Option(help="Target model (default: the last "
-        "ingested).")] = None,
-    tags_from: Annotated[str | None, typer.Option(help="Slice on categorical columns "
-        "COL,COL,... (tags COL=value) instead of CLIP tags.")] = None,
+    split: Annotated[
+        str | None, typer.Option(help="Only images of this split (default: all).")
+    ] = None,
+    eval_split: Annotated[
+        str | None,
+        typer.Option(
+            help="Also evaluate each slice on this "
+            "split (eval_size, eval_error_rate, eval_accuracy_drop, holds)."
+        ),
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option(help="Target model (default: the last ingested).")
+    ] = None,
+    tags_from: Annotated[
+        str | None,
+        typer.Option(
+            help="Slice on categorical columns COL,COL,... (tags COL=value) instead of CLIP tags."
+        ),
+    ] = None,
     max_tags: Annotated[int, typer.Option(help="L: at most this many tags per slice.")] = 3,
     min_size: Annotated[int, typer.Option(help="s: at least this many images.")] = 30,
     min_drop: Annotated[float, typer.Option(help="a: accuracy drop vs the class.")] = 0.2,
-    min_gain: Annotated[float, typer.Option(help="b: accuracy drop vs every subset with one "
-        "tag less.")] = 0.1,
+    min_gain: Annotated[
+        float, typer.Option(help="b: accuracy drop vs every subset with one tag less.")
+    ] = 0.1,
     limit: Annotated[int | None, typer.Option(help="Print at most N slices.")] = None,
     fmt: FormatOpt = Format.table,
 ) -> None:
@@ -58,8 +84,15 @@ def slices(
 
     store = state(ctx).open_store()
     est = Slices(
-        classes=class_ or None, by=by, split=split, model=model, tags_from=_csv_list(tags_from),
-        max_tags=max_tags, min_size=min_size, min_drop=min_drop, min_gain=min_gain,
+        classes=class_ or None,
+        by=by,
+        split=split,
+        model=model,
+        tags_from=_csv_list(tags_from),
+        max_tags=max_tags,
+        min_size=min_size,
+        min_drop=min_drop,
+        min_gain=min_gain,
         eval_split=eval_split,
     ).fit(store)
     table = est.results_

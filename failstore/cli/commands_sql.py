@@ -19,7 +19,9 @@ def parse_params(items: list[str] | None) -> dict[str, str]:
     for item in items or []:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(f"--param '{item}' is not KEY=VALUE", hint="e.g. --param grouping=label")
+            raise ConfigError(
+                f"--param '{item}' is not KEY=VALUE", hint="e.g. --param grouping=label"
+            )
         out[key.strip()] = value
     return out
 
@@ -28,12 +30,24 @@ def sql(
     ctx: typer.Context,
     query: Annotated[str, typer.Argument(help="One read-only query (SELECT/WITH/UNION...).")],
     fmt: FormatOpt = Format.table,
-    out: Annotated[Path | None, typer.Option("--out", help="Write the result to a Parquet "
-        "file instead of printing it.")] = None,
-    dialect: Annotated[str | None, typer.Option(help="Read the query in this dialect "
-        "(postgres, bigquery, snowflake, tsql, mysql, ...) and run it on DuckDB.")] = None,
-    param: Annotated[list[str] | None, typer.Option("--param", help="KEY=VALUE for $KEY "
-        "placeholders and stored-query parameters; repeatable.")] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="Write the result to a Parquet file instead of printing it."),
+    ] = None,
+    dialect: Annotated[
+        str | None,
+        typer.Option(
+            help="Read the query in this dialect "
+            "(postgres, bigquery, snowflake, tsql, mysql, ...) and run it on DuckDB."
+        ),
+    ] = None,
+    param: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--param",
+            help="KEY=VALUE for $KEY placeholders and stored-query parameters; repeatable.",
+        ),
+    ] = None,
     timeout: Annotated[float, typer.Option(help="Time limit in seconds.")] = 120.0,
 ) -> None:
     """Run one read-only SQL query over every table and stored query.
@@ -67,8 +81,12 @@ def list_queries(ctx: typer.Context, fmt: FormatOpt = Format.table) -> None:
 
     stored = state(ctx).open_store().stored_queries()
     rows = [
-        {"name": q.name, "source": q.source, "description": q.description,
-         "parameters": ", ".join(p.name for p in q.parameters)}
+        {
+            "name": q.name,
+            "source": q.source,
+            "description": q.description,
+            "parameters": ", ".join(p.name for p in q.parameters),
+        }
         for q in sorted(stored.values(), key=lambda q: q.name)
     ]
     emit(pa.Table.from_pylist(rows), fmt)
@@ -89,7 +107,9 @@ def show_query(ctx: typer.Context, name: str) -> None:
     typer.echo(f"-- name: {q.name}\n-- description: {q.description}\n-- source: {q.source}")
     for p in q.parameters:
         default = f" = {p.default}" if p.default is not None else ""
-        typer.echo(f"-- param: {p.name}{default}" + (f" -- {p.description}" if p.description else ""))
+        typer.echo(
+            f"-- param: {p.name}{default}" + (f" -- {p.description}" if p.description else "")
+        )
     typer.echo(q.sql.strip())
 
 
@@ -99,12 +119,16 @@ def save_query(
     name: str,
     query: Annotated[str, typer.Argument(help="The SQL; may use $param placeholders.")],
     description: Annotated[str, typer.Option(help="One line saying what it returns.")] = "",
-    param: Annotated[list[str] | None, typer.Option("--param", help="NAME=DEFAULT (a SQL "
-        "literal) for a $NAME placeholder; repeatable.")] = None,
+    param: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--param", help="NAME=DEFAULT (a SQL literal) for a $NAME placeholder; repeatable."
+        ),
+    ] = None,
 ) -> None:
     """Save a query in the store; it can then be used as a table in SQL.
 
-    Example: failstore queries save wrong_birds "SELECT * FROM samples WHERE label='bird' AND NOT correct"
+    Example: failstore queries save wrong "SELECT * FROM samples WHERE NOT correct"
     """
     from failstore.queries.stored import make_user_query
 

@@ -56,29 +56,58 @@ def info(ctx: typer.Context, fmt: FormatOpt = Format.table) -> None:
 def ingest(
     ctx: typer.Context,
     source: Annotated[
-        Path, typer.Argument(help="An image folder (root/<label>/*, root/<split>/<label>/*) "
-                                  "or a CSV/Parquet manifest.")
+        Path,
+        typer.Argument(
+            help="An image folder (root/<label>/*, root/<split>/<label>/*) "
+            "or a CSV/Parquet manifest."
+        ),
     ],
-    target: Annotated[str | None, typer.Option(help="Target model spec: efficientnet_lite0, "
-        "torchvision:NAME, timm:NAME, a TorchScript file, or module:factory.")] = None,
-    robust: Annotated[str | None, typer.Option(help="Robust model: a robustness-library "
-        "ResNet-50 checkpoint or any target-style spec (with --robust-layer).")] = None,
-    clip: Annotated[str | None, typer.Option(help="open_clip tagger: MODEL:PRETRAINED, "
-        "MODEL:/path/ckpt or local-dir:/path.")] = None,
+    target: Annotated[
+        str | None,
+        typer.Option(
+            help="Target model spec: efficientnet_lite0, "
+            "torchvision:NAME, timm:NAME, a TorchScript file, or module:factory."
+        ),
+    ] = None,
+    robust: Annotated[
+        str | None,
+        typer.Option(
+            help="Robust model: a robustness-library "
+            "ResNet-50 checkpoint or any target-style spec (with --robust-layer)."
+        ),
+    ] = None,
+    clip: Annotated[
+        str | None,
+        typer.Option(
+            help="open_clip tagger: MODEL:PRETRAINED, MODEL:/path/ckpt or local-dir:/path."
+        ),
+    ] = None,
     tags: Annotated[Path | None, typer.Option(help="Tag vocabulary file for --clip.")] = None,
-    tag_threshold: Annotated[float | None, typer.Option(help="Default tag threshold "
-        "(cosine) for tags without their own.")] = None,
-    layer: Annotated[str | None, typer.Option(help="Target bottleneck layer (default: input "
-        "of the final Linear).")] = None,
+    tag_threshold: Annotated[
+        float | None,
+        typer.Option(help="Default tag threshold (cosine) for tags without their own."),
+    ] = None,
+    layer: Annotated[
+        str | None,
+        typer.Option(help="Target bottleneck layer (default: input of the final Linear)."),
+    ] = None,
     robust_layer: Annotated[str | None, typer.Option(help="Feature layer of --robust.")] = None,
-    class_names: Annotated[Path | None, typer.Option(help="Class names file (one per line) "
-        "for models that do not carry them.")] = None,
-    label_map: Annotated[Path | None, typer.Option(help="Map dataset labels to the target's "
-        "class names: JSON object or CSV 'label,class'.")] = None,
+    class_names: Annotated[
+        Path | None,
+        typer.Option(help="Class names file (one per line) for models that do not carry them."),
+    ] = None,
+    label_map: Annotated[
+        Path | None,
+        typer.Option(
+            help="Map dataset labels to the target's class names: JSON object or CSV 'label,class'."
+        ),
+    ] = None,
     split: Annotated[str | None, typer.Option(help="Split name for sources without one.")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 64,
-    workers: Annotated[int | None, typer.Option(help="Decode worker processes (0: inline; "
-        "default: half the cores).")] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(help="Decode worker processes (0: inline; default: half the cores)."),
+    ] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or mps.")] = "cpu",
     strict: Annotated[bool, typer.Option(help="Exit non-zero if any image failed.")] = False,
     limit: Annotated[int | None, typer.Option(help="Only the first N images.")] = None,
@@ -97,11 +126,22 @@ def ingest(
 
     st = state(ctx)
     opts = IngestOptions(
-        source=source, target=target, robust=robust, clip=clip, tags=tags,
-        tag_threshold=tag_threshold, layer=layer, robust_layer=robust_layer,
-        class_names=class_names, label_map=label_map, split=split, batch_size=batch_size,
-        workers=config.default_workers() if workers is None else workers, device=device,
-        strict=strict, limit=limit,
+        source=source,
+        target=target,
+        robust=robust,
+        clip=clip,
+        tags=tags,
+        tag_threshold=tag_threshold,
+        layer=layer,
+        robust_layer=robust_layer,
+        class_names=class_names,
+        label_map=label_map,
+        split=split,
+        batch_size=batch_size,
+        workers=config.default_workers() if workers is None else workers,
+        device=device,
+        strict=strict,
+        limit=limit,
     )
 
     def warn(msg: str) -> None:

@@ -35,7 +35,14 @@ def render(app: typer.Typer) -> str:
         "",
     ]
     for path, cmd in _walk(root, ["failstore"]):
-        lines += [f"## `{' '.join(path)}`", "", "```text", _help_text(cmd, path).rstrip(), "```", ""]
+        lines += [
+            f"## `{' '.join(path)}`",
+            "",
+            "```text",
+            _help_text(cmd, path).rstrip(),
+            "```",
+            "",
+        ]
     return "\n".join(lines)
 
 

@@ -34,10 +34,17 @@ class Finding:
 
     def row(self) -> dict[str, Any]:
         return {
-            "planted": self.planted, "class": self.cls, "found": self.found, "rank": self.rank,
-            "tags": self.tags, "size": self.size, "error_rate": self.error_rate,
-            "class_error_rate": self.class_error_rate, "holds": self.holds,
-            "eval_error_rate": self.eval_error_rate, "sql": self.sql,
+            "planted": self.planted,
+            "class": self.cls,
+            "found": self.found,
+            "rank": self.rank,
+            "tags": self.tags,
+            "size": self.size,
+            "error_rate": self.error_rate,
+            "class_error_rate": self.class_error_rate,
+            "holds": self.holds,
+            "eval_error_rate": self.eval_error_rate,
+            "sql": self.sql,
         }
 
 
@@ -91,8 +98,21 @@ def find(
                     break
         where = p.where("label")
         if best is None:
-            out.append(Finding(p.name, "|".join(p.classes), False, None, [], None, None, None,
-                               None, None, f"SELECT uri, prediction FROM samples WHERE {where}"))
+            out.append(
+                Finding(
+                    p.name,
+                    "|".join(p.classes),
+                    False,
+                    None,
+                    [],
+                    None,
+                    None,
+                    None,
+                    None,
+                    None,
+                    f"SELECT uri, prediction FROM samples WHERE {where}",
+                )
+            )
             continue
         rank, r = best
         tag_list = ", ".join("'" + t.replace("'", "''") + "'" for t in r["tags"])
@@ -102,12 +122,25 @@ def find(
             )
             sql = f"SELECT uri, prediction FROM samples WHERE label = '{r['class']}' AND {conds}"
         else:
-            sql = (f"SELECT uri, prediction FROM samples WHERE label = '{r['class']}' "
-                   f"AND list_has_all({tags_column_sql}, [{tag_list}])")
-        out.append(Finding(
-            p.name, r["class"], True, rank, list(r["tags"]), r["size"], r["error_rate"],
-            r["base_error_rate"], r.get("holds"), r.get("eval_error_rate"), sql,
-        ))
+            sql = (
+                f"SELECT uri, prediction FROM samples WHERE label = '{r['class']}' "
+                f"AND list_has_all({tags_column_sql}, [{tag_list}])"
+            )
+        out.append(
+            Finding(
+                p.name,
+                r["class"],
+                True,
+                rank,
+                list(r["tags"]),
+                r["size"],
+                r["error_rate"],
+                r["base_error_rate"],
+                r.get("holds"),
+                r.get("eval_error_rate"),
+                sql,
+            )
+        )
     return out
 
 

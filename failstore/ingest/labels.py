@@ -62,4 +62,6 @@ def unknown_labels(
     labels: Iterable[str | None], class_names: Sequence[str], label_map: Mapping[str, str]
 ) -> list[str]:
     known = set(class_names)
-    return sorted({lab for lab in labels if lab is not None and label_map.get(lab, lab) not in known})
+    return sorted(
+        {lab for lab in labels if lab is not None and label_map.get(lab, lab) not in known}
+    )

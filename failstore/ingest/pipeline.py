@@ -194,7 +194,11 @@ def ingest(
         report.unknown_labels = unknown_labels((i.label for i in items), class_names, label_map)
         if report.unknown_labels:
             shown = ", ".join(report.unknown_labels[:20])
-            more = f" (+{len(report.unknown_labels) - 20} more)" if len(report.unknown_labels) > 20 else ""
+            more = (
+                f" (+{len(report.unknown_labels) - 20} more)"
+                if len(report.unknown_labels) > 20
+                else ""
+            )
             warn(
                 f"{len(report.unknown_labels)} dataset labels are not among {target.name}'s "
                 f"classes: {shown}{more}; their images count as incorrect. "
@@ -215,7 +219,9 @@ def ingest(
         model_fields += schemas.clip_fields(int(rec.embedding_dim or 0), len(rec.tags or []))
     if robust:
         model_fields += schemas.robust_fields(int(records["robust"].embedding_dim or 0))
-    image_schema = pa.schema(schemas.IMAGE_BASE_FIELDS + list(source.metadata_schema) + model_fields)
+    image_schema = pa.schema(
+        schemas.IMAGE_BASE_FIELDS + list(source.metadata_schema) + model_fields
+    )
     store.ensure_columns("images", list(source.metadata_schema) + model_fields)
     known = _Known(store, target.name if target else None)
     thresholds = np.asarray(records["clip"].thresholds, np.float32) if clip else None
@@ -225,8 +231,16 @@ def ingest(
     buf = _Buffer()
     tags = list(records["clip"].tags or []) if clip else []
     run = _Run(
-        adapters, known, class_names, label_map, thresholds, source.metadata_schema, tags,
-        opts.device, buf, report,
+        adapters,
+        known,
+        class_names,
+        label_map,
+        thresholds,
+        source.metadata_schema,
+        tags,
+        opts.device,
+        buf,
+        report,
     )
     seen: set[str] = set()
     bar = progress_bar(len(items)) if progress else None
@@ -259,7 +273,7 @@ def ingest(
     if report.ok == 0 and report.seen > 0:
         raise IngestError(
             f"nothing was ingested: all {report.seen} images failed to decode",
-            hint="see `failstore sql \"SELECT * FROM ingest_errors\"`",
+            hint='see `failstore sql "SELECT * FROM ingest_errors"`',
         )
     if opts.strict and report.errors:
         raise IngestError(
@@ -331,8 +345,12 @@ def _run_batch(batch: list[Any], run: _Run) -> None:
         targets = map_labels([d.item.label for d in decs], run.class_names, run.label_map)
         buf.predictions.append(
             rows.prediction_table(
-                adapters["target"].name, [d.image_id for d in decs], targets,
-                outputs["target"], run.class_names, now,
+                adapters["target"].name,
+                [d.image_id for d in decs],
+                targets,
+                outputs["target"],
+                run.class_names,
+                now,
             )
         )
         known.predicted.update(d.image_id for d in decs)
@@ -382,9 +400,9 @@ class _Buffer:
 
     @property
     def pending(self) -> int:
-        return sum(t.num_rows for t in self.new_images + self.image_updates + self.predictions) + len(
-            self.errors
-        )
+        return sum(
+            t.num_rows for t in self.new_images + self.image_updates + self.predictions
+        ) + len(self.errors)
 
     def flush(self, store: Store, image_schema: pa.Schema) -> None:
         if self.new_images:

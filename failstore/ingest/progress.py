@@ -26,8 +26,13 @@ class ProgressBar:
                 return Text(f"{speed:.1f} images/s")
 
         self.progress = Progress(
-            TextColumn("ingest"), BarColumn(), MofNCompleteColumn(), _Rate(""),
-            TimeElapsedColumn(), console=Console(stderr=True), transient=False,
+            TextColumn("ingest"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            _Rate(""),
+            TimeElapsedColumn(),
+            console=Console(stderr=True),
+            transient=False,
         )
         self.progress.start()
         self.task = self.progress.add_task("ingest", total=total)

@@ -34,9 +34,7 @@ def boxes_value(boxes: Sequence[tuple[Any, ...]] | None) -> list[dict[str, Any]]
     ]
 
 
-def image_base_table(
-    decoded: Sequence[Any], metadata_schema: pa.Schema, now: datetime
-) -> pa.Table:
+def image_base_table(decoded: Sequence[Any], metadata_schema: pa.Schema, now: datetime) -> pa.Table:
     """Base and metadata columns of new ``images`` rows."""
     cols: dict[str, pa.Array] = {
         "image_id": pa.array([d.image_id for d in decoded], pa.string()),
@@ -144,7 +142,9 @@ def model_table(record: Any, now: datetime, extra: Mapping[str, Any] | None = No
         "class_names": list(record.class_names) if record.class_names is not None else None,
         "tags": list(record.tags) if record.tags is not None else None,
         "prompts": list(record.prompts) if record.prompts is not None else None,
-        "thresholds": [float(t) for t in record.thresholds] if record.thresholds is not None else None,
+        "thresholds": [float(t) for t in record.thresholds]
+        if record.thresholds is not None
+        else None,
         "head_rows": int(w.shape[0]) if w is not None else None,
         "head_cols": int(w.shape[1]) if w is not None else None,
         "head_weight": np.asarray(w, np.float32).reshape(-1).tolist() if w is not None else None,

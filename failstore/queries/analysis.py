@@ -88,8 +88,10 @@ class Analysis:
         if reuse and _has_run(store, run_id, self.result_table):
             self.results_ = self._load(store, run_id)
             self.reused_ = True
-            touch = pa.table({"run_id": [run_id], "used_at": [utcnow()]},
-                             schema=RUNS_SCHEMA.select(["run_id", "used_at"]))
+            touch = pa.table(
+                {"run_id": [run_id], "used_at": [utcnow()]},
+                schema=RUNS_SCHEMA.select(["run_id", "used_at"]),
+            )
             store.upsert("analysis_runs", touch, insert=False)
             return self
         start = time.perf_counter()
@@ -110,9 +112,12 @@ class Analysis:
         seconds: float,
     ) -> None:
         stamped = result.append_column("run_id", pa.array([run_id] * result.num_rows, pa.string()))
-        meta = {"failstore.analysis": self.name, "failstore.run_id": run_id,
-                "failstore.params": json.dumps(params, sort_keys=True, default=str),
-                "failstore.source_versions": json.dumps(versions, sort_keys=True)}
+        meta = {
+            "failstore.analysis": self.name,
+            "failstore.run_id": run_id,
+            "failstore.params": json.dumps(params, sort_keys=True, default=str),
+            "failstore.source_versions": json.dumps(versions, sort_keys=True),
+        }
         if store.has_table(self.result_table):
             old = store.read(self.result_table)
             if old.schema.remove_metadata() == stamped.schema.remove_metadata():
@@ -121,12 +126,19 @@ class Analysis:
         # Result tables are small: rewrite with all runs in one atomic commit.
         store.replace(self.result_table, stamped, metadata=meta)
         row = {
-            "run_id": run_id, "analysis": self.name, "result_table": self.result_table,
-            "params": meta["failstore.params"], "source_versions": meta["failstore.source_versions"],
-            "rows": result.num_rows, "seconds": seconds, "created_at": utcnow(), "used_at": utcnow(),
+            "run_id": run_id,
+            "analysis": self.name,
+            "result_table": self.result_table,
+            "params": meta["failstore.params"],
+            "source_versions": meta["failstore.source_versions"],
+            "rows": result.num_rows,
+            "seconds": seconds,
+            "created_at": utcnow(),
+            "used_at": utcnow(),
         }
-        store.upsert("analysis_runs", pa.Table.from_pylist([row], schema=RUNS_SCHEMA),
-                     schema=RUNS_SCHEMA)
+        store.upsert(
+            "analysis_runs", pa.Table.from_pylist([row], schema=RUNS_SCHEMA), schema=RUNS_SCHEMA
+        )
 
     def _load(self, store: Store, run_id: str) -> pa.Table:
         t = store.read(self.result_table, filter=f"run_id = '{run_id}'")

@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 
 from failstore.errors import ConfigError, StoreError
 from failstore.queries.analysis import Analysis
-from failstore.queries.slice_search import SliceParams, find_slices
+from failstore.queries.slice_search import SliceParams, find_slices, slice_schema
 from failstore.store import Store
 
 GROUPINGS = ("label", "prediction")
@@ -101,16 +101,17 @@ class Slices(Analysis):
         by = params["by"]
         keys = np.asarray(data[by].to_numpy(zero_copy_only=False), dtype=object)
         correct = data["correct"].to_numpy(zero_copy_only=False).astype(bool)
-        ev_keys = ev_correct = None
+        ev_groups: dict[str, np.ndarray] = {}
+        ev_correct = np.zeros(0, bool)
         if ev is not None:
             ev_keys = np.asarray(ev[0][by].to_numpy(zero_copy_only=False), dtype=object)
+            ev_groups = dict(_groups(ev_keys))
             ev_correct = ev[0]["correct"].to_numpy(zero_copy_only=False).astype(bool)
         parts: list[pa.Table] = []
         for cls, idx in _groups(keys):
             kwargs: dict[str, Any] = {}
             if ev is not None:
-                assert ev_keys is not None and ev_correct is not None
-                eidx = np.flatnonzero(ev_keys == cls)
+                eidx = ev_groups.get(cls, np.zeros(0, np.int64))
                 kwargs = {"eval_tags": ev[1].matrix[eidx], "eval_correct": ev_correct[eidx]}
             t = find_slices(
                 tags.matrix[idx], correct[idx], tags.names, sp, class_name=cls, **kwargs
@@ -122,7 +123,7 @@ class Slices(Analysis):
                 t = t.add_column(0, "class", pa.array([cls] * n, pa.string()))
                 parts.append(t)
         if not parts:
-            return _empty(tags.names, sp, ev is not None)
+            return _empty(ev is not None)
         out = pa.concat_tables(parts)
         order = pc.sort_indices(
             out,
@@ -135,14 +136,9 @@ class Slices(Analysis):
         return out.take(order)
 
 
-def _empty(names: list[str], sp: SliceParams, with_eval: bool) -> pa.Table:
-    kw: dict[str, Any] = {}
-    if with_eval:
-        kw = {"eval_tags": np.zeros((0, len(names)), bool), "eval_correct": np.zeros(0, bool)}
-    t = find_slices(np.zeros((0, len(names)), bool), np.zeros(0, bool), names, sp, **kw)
-    for col in ("model", "grouping", "class"):
-        t = t.add_column(0, col, pa.array([], pa.string()))
-    return t
+def _empty(with_eval: bool) -> pa.Table:
+    head = [pa.field(c, pa.string()) for c in ("class", "grouping", "model")]
+    return pa.schema(head + list(slice_schema(with_eval))).empty_table()
 
 
 def _groups(keys: np.ndarray) -> list[tuple[str, np.ndarray]]:
