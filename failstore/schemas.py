@@ -122,6 +122,7 @@ KEYS: dict[str, list[str]] = {
     "models": ["name"],
     "ingest_errors": ["uri"],
     "saved_queries": ["name"],
+    "analysis_runs": ["run_id"],
 }
 
 CORE_TABLES = ("images", "predictions", "models", "ingest_errors")

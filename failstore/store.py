@@ -167,7 +167,8 @@ class Store:
             merged = dict(data.schema.metadata or {})
             merged.update({k.encode(): v.encode() for k, v in metadata.items()})
             data = data.replace_schema_metadata(merged)
-        ds = lance.write_dataset(data, str(self.path / f"{name}.lance"), mode="overwrite")
+        mode = "overwrite" if self.has_table(name) else "create"
+        ds = lance.write_dataset(data, str(self.path / f"{name}.lance"), mode=mode)
         return int(ds.version)
 
     def table_metadata(self, name: str) -> dict[str, str]:

@@ -90,7 +90,7 @@ class Analysis:
             self.reused_ = True
             touch = pa.table(
                 {"run_id": [run_id], "used_at": [utcnow()]},
-                schema=RUNS_SCHEMA.select(["run_id", "used_at"]),
+                schema=pa.schema([RUNS_SCHEMA.field("run_id"), RUNS_SCHEMA.field("used_at")]),
             )
             store.upsert("analysis_runs", touch, insert=False)
             return self

@@ -191,7 +191,14 @@ def load_frame(
     if preds.num_rows == 0:
         known = ", ".join(store.model_names("target")) or "(none)"
         raise StoreError(f"no predictions of model '{model}'", hint=f"target models: {known}")
-    joined = images.join(preds, "image_id", join_type="inner")
+    # Hash join on image_id (Arrow's join cannot carry list columns such as tags).
+    pos = pc.index_in(images["image_id"], value_set=preds["image_id"])
+    keep = pc.is_valid(pos)
+    images = images.filter(keep)
+    matched = preds.take(pc.drop_null(pos))
+    joined = images.append_column("prediction", matched["prediction"]).append_column(
+        "correct", matched["correct"]
+    )
     order = pc.sort_indices(joined, sort_keys=[("image_id", "ascending")])
     return joined.take(order)
 

@@ -1,0 +1,192 @@
+"""`Slices` over a store: planted failures, tags_from, eval split, reuse, stored query, CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from typer.testing import CliRunner
+
+from failstore import schemas
+from failstore.cli.app import app
+from failstore.errors import ConfigError, StoreError
+from failstore.queries.slice_search import SliceParams, find_slices
+from failstore.queries.slices import Slices
+from failstore.store import Store
+
+BACKGROUNDS = ["water", "sand", "snow"]
+SIZES = ["small", "large"]
+
+
+def _build(path, n=1200, seed=0) -> Store:
+    """Two classes; dogs that are small AND on snow fail 80 % of the time, else 5 %."""
+    rng = np.random.default_rng(seed)
+    label = rng.choice(["dog", "cat"], n)
+    bg = rng.choice(BACKGROUNDS, n)
+    size = rng.choice(SIZES, n)
+    split = np.where(np.arange(n) % 2 == 0, "val", "test")
+    bad = (label == "dog") & (bg == "snow") & (size == "small")
+    wrong = rng.random(n) < np.where(bad, 0.8, 0.05)
+    pred = np.where(wrong, np.where(label == "dog", "cat", "dog"), label)
+    ids = [f"{i:064x}" for i in range(n)]
+    meta = [pa.field("attr_background", pa.string()), pa.field("attr_size", pa.string())]
+    sch = pa.schema(schemas.IMAGE_BASE_FIELDS + meta + [pa.field("tags", pa.list_(pa.string()))])
+    images = pa.table(
+        {
+            "image_id": ids,
+            "uri": [f"/x/{i}.png" for i in range(n)],
+            "split": split,
+            "label": label,
+            "width": np.full(n, 8, np.int32),
+            "height": np.full(n, 8, np.int32),
+            "boxes": pa.nulls(n, pa.list_(schemas.BOX_TYPE)),
+            "mask": pa.nulls(n, pa.binary()),
+            "ingested_at": pa.nulls(n, pa.timestamp("us", tz="UTC")),
+            "attr_background": bg,
+            "attr_size": size,
+            "tags": [[b, s] for b, s in zip(bg, size, strict=True)],
+        },
+        schema=sch,
+    )
+    store = Store.init(path)
+    store.upsert("images", images, schema=sch)
+    preds = pa.table(
+        {
+            "model": ["m"] * n,
+            "image_id": ids,
+            "target": label,
+            "prediction": pred,
+            "prediction_index": np.zeros(n, np.int32),
+            "confidence": np.ones(n, np.float32),
+            "correct": pred == label,
+            "probabilities": pa.nulls(n, pa.list_(pa.float32())),
+            "embedding": pa.nulls(n, pa.list_(pa.float32())),
+            "predicted_at": pa.nulls(n, pa.timestamp("us", tz="UTC")),
+        },
+        schema=schemas.PREDICTIONS_SCHEMA,
+    )
+    store.upsert("predictions", preds, schema=schemas.PREDICTIONS_SCHEMA)
+    models = pa.Table.from_pylist(
+        [{"name": "m", "role": "target", "class_names": ["cat", "dog"]}],
+        schema=schemas.MODELS_SCHEMA,
+    )
+    store.upsert("models", models, schema=schemas.MODELS_SCHEMA)
+    return store
+
+
+@pytest.fixture
+def store(tmp_path):
+    return _build(tmp_path / "s")
+
+
+def test_planted_pair_is_the_top_dog_slice_and_holds(store):
+    est = Slices(classes=["dog"], split="val", eval_split="test", min_size=20).fit(store)
+    top = est.results_.to_pylist()[0]
+    assert (top["class"], top["tags"], top["grouping"], top["model"]) == (
+        "dog",
+        ["small", "snow"],
+        "label",
+        "m",
+    )
+    assert top["holds"] is True and top["eval_size"] > 0
+    assert set(est.results_.column("class").to_pylist()) == {"dog"}
+
+
+def test_tags_from_columns_gives_col_value_tags(store):
+    est = Slices(
+        classes=["dog"], split="val", tags_from=["attr_background", "attr_size"], min_size=20
+    ).fit(store)
+    assert est.results_.column("tags")[0].as_py() == ["attr_background=snow", "attr_size=small"]
+
+
+def test_results_equal_find_slices_per_class(store):
+    est = Slices(min_size=20).fit(store)
+    data = store.sql("SELECT label, correct, tags FROM samples ORDER BY image_id").to_pylist()
+    names = sorted({t for r in data for t in r["tags"]})
+    for cls in ("cat", "dog"):
+        rows = [r for r in data if r["label"] == cls]
+        m = np.array([[t in r["tags"] for t in names] for r in rows])
+        c = np.array([r["correct"] for r in rows])
+        want = find_slices(m, c, names, SliceParams(min_size=20), class_name=cls)
+        got = est.results_.filter(pa.compute.equal(est.results_["class"], cls))
+        assert got.select(want.column_names).to_pylist() == want.to_pylist()
+
+
+def test_rerun_reuses_and_store_change_recomputes(store):
+    a = Slices(min_size=20).fit(store)
+    b = Slices(min_size=20).fit(store)
+    assert not a.reused_ and b.reused_ and a.run_id_ == b.run_id_
+    assert b.results_.to_pylist() == a.results_.to_pylist()
+    c = Slices(min_size=25).fit(store)
+    assert not c.reused_ and c.run_id_ != a.run_id_
+    store.upsert("predictions", store.read("predictions").slice(0, 1))  # new version
+    d = Slices(min_size=20).fit(store)
+    assert not d.reused_ and d.run_id_ != a.run_id_
+    runs = store.read("analysis_runs", ["run_id", "source_versions"]).to_pylist()
+    assert {r["run_id"] for r in runs} == {a.run_id_, c.run_id_, d.run_id_}
+    assert json.loads(runs[0]["source_versions"]).keys() == {"images", "predictions", "models"}
+
+
+def test_stored_query_shows_latest_run(store):
+    Slices(min_size=20).fit(store)
+    Slices(min_size=25, split="val").fit(store)
+    got = store.sql("SELECT class, tags, size FROM slices WHERE class = 'dog'").to_pylist()
+    want = Slices(min_size=25, split="val", classes=["dog"]).fit(store).results_
+    assert got == want.select(["class", "tags", "size"]).to_pylist()
+
+
+def test_bad_parameters_and_missing_columns(store):
+    with pytest.raises(ConfigError, match="--by must be 'label' or 'prediction', got 'lable'"):
+        Slices(by="lable").fit(store)
+    with pytest.raises(
+        ConfigError, match="images has no column 'attr_sise'; did you mean 'attr_size'"
+    ):
+        Slices(tags_from=["attr_sise"]).fit(store)
+    with pytest.raises(StoreError, match="no predictions of model 'nope'; target models: m"):
+        Slices(model="nope").fit(store)
+
+
+def test_cli_json_has_exactly_the_documented_fields(store):
+    r = CliRunner().invoke(
+        app,
+        [
+            "--store",
+            str(store.path),
+            "slices",
+            "--class",
+            "dog",
+            "--split",
+            "val",
+            "--eval-split",
+            "test",
+            "--min-size",
+            "20",
+            "--format",
+            "json",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    rows = json.loads(r.stdout)
+    assert list(rows[0]) == [
+        "class",
+        "grouping",
+        "model",
+        "tags",
+        "size",
+        "errors",
+        "error_rate",
+        "base_error_rate",
+        "accuracy_drop",
+        "error_coverage",
+        "importance",
+        "p_value",
+        "q_value",
+        "description",
+        "eval_size",
+        "eval_error_rate",
+        "eval_accuracy_drop",
+        "holds",
+    ]
+    assert rows[0]["tags"] == ["small", "snow"]
