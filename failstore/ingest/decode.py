@@ -1,0 +1,449 @@
+"""Decode images (and masks) into the uint8 arrays the models need, in worker processes.
+
+``decode_one`` reads the file once, hashes the bytes (sha256 -> ``image_id``), fully loads the
+pixels (truncated files are errors, never silently padded), applies the EXIF orientation,
+converts any mode to RGB and, for every distinct ``Preprocess.key()``, resizes the shorter side
+and centre-crops exactly like torchvision's ``Resize(int)`` + ``CenterCrop``. Anything wrong
+with one image becomes a one-line ``Decoded.error``; it never raises for bad input.
+
+``DecodePool`` runs ``decode_one`` in ``spawn`` worker processes (never ``fork``: Lance
+segfaults in forked children) and yields results in input order. numpy/PIL only, no torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+import time
+import warnings
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from itertools import islice
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from failstore.errors import ConfigError
+from failstore.ingest.protocol import Preprocess
+from failstore.ingest.sources import SourceItem
+
+DEFAULT_MAX_PIXELS = 89_478_485  # PIL's own default Image.MAX_IMAGE_PIXELS
+RESAMPLING = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+    "box": Image.Resampling.BOX,
+    "hamming": Image.Resampling.HAMMING,
+}
+_ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa"})
+_SWAP_ORIENTATIONS = frozenset({5, 6, 7, 8})
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+@dataclass
+class Decoded:
+    item: SourceItem
+    image_id: str | None  # sha256 hex of the file bytes
+    width: int | None = None  # size after EXIF orientation
+    height: int | None = None
+    arrays: dict[tuple[Any, ...], np.ndarray] = field(default_factory=dict)
+    mask_png: bytes | None = None  # PNG, mode L, same size as the image
+    error: str | None = None  # one-line reason the image is unusable
+
+
+class BadImage(Exception):
+    """Raised inside this module for a bad file; its message is the one-line reason."""
+
+
+def _one_line(text: object) -> str:
+    return " ".join(str(text).split())
+
+
+def check_preprocesses(preprocesses: Sequence[Preprocess]) -> None:
+    for p in preprocesses:
+        if p.interpolation not in RESAMPLING:
+            names = ", ".join(RESAMPLING)
+            raise ConfigError(f"unknown interpolation {p.interpolation!r}; use one of {names}")
+        if p.resize < 1 or p.crop < 1:
+            raise ConfigError(
+                f"preprocess sizes must be positive, got resize={p.resize} crop={p.crop}"
+            )
+
+
+def _effective_limit(max_pixels: int) -> int:
+    pil = Image.MAX_IMAGE_PIXELS
+    return max_pixels if pil is None else min(max_pixels, int(pil))
+
+
+def _read(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise BadImage("file not found") from None
+    except IsADirectoryError:
+        raise BadImage("not a file (it is a directory)") from None
+    except OSError as e:
+        raise BadImage(f"cannot read file: {e.strerror or e}") from None
+    if not data:
+        raise BadImage("file is empty (0 bytes)")
+    return data
+
+
+def _bomb(pixels: int, limit: int) -> BadImage:
+    return BadImage(f"image has {pixels} pixels, more than the limit {limit} (decompression bomb?)")
+
+
+def _open(data: bytes, max_pixels: int) -> Image.Image:
+    """Open (header only) with PIL's bomb warning turned into an error."""
+    limit = _effective_limit(max_pixels)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            im = Image.open(io.BytesIO(data))
+        except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
+            m = re.search(r"\((\d+) pixels\)", str(e))
+            raise _bomb(int(m.group(1)) if m else -1, limit) from None
+        except UnidentifiedImageError:
+            raise BadImage("cannot identify the image format (corrupt or not an image)") from None
+        except Exception as e:
+            raise BadImage(f"cannot open image: {_one_line(e)}") from None
+    pixels = im.size[0] * im.size[1]
+    if pixels > limit:
+        raise _bomb(pixels, limit)
+    return im
+
+
+def _load(data: bytes, max_pixels: int) -> tuple[Image.Image, int | None]:
+    """Open, fully decode (no silent truncation) and apply the EXIF orientation; also return
+    the declared bit depth of 16/32-bit grayscale images (None if the file does not say)."""
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    im = _open(data, max_pixels)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            im.load()
+        except Exception as e:
+            raise BadImage(f"truncated or corrupt image data: {_one_line(e)}") from None
+    bits = _declared_bits(im)
+    try:
+        return ImageOps.exif_transpose(im), bits
+    except Exception:  # a broken EXIF block does not make the pixels unusable
+        return im, bits
+
+
+def _declared_bits(im: Image.Image) -> int | None:
+    tag = getattr(im, "tag_v2", None)  # TIFF BitsPerSample
+    if tag is not None and 258 in tag:
+        v = tag[258]
+        bits = v[0] if isinstance(v, tuple) else v
+        if isinstance(bits, int) and 1 <= bits <= 32:
+            return bits
+    if im.mode.startswith("I;16"):
+        return 16
+    return None
+
+
+def _gray_to_u8(arr: np.ndarray, bits: int) -> np.ndarray:
+    scale = 255.0 / (2**bits - 1)
+    return np.clip(np.rint(arr.astype(np.float64) * scale), 0, 255).astype(np.uint8)
+
+
+def to_rgb(im: Image.Image, bits: int | None = None) -> Image.Image:
+    """Convert any PIL mode to 8-bit RGB (see docs/ingest-sources.md for the rules). ``bits``
+    is the declared depth of a 16/32-bit grayscale image (e.g. TIFF BitsPerSample)."""
+    mode = im.mode
+    if mode == "RGB" and "transparency" not in im.info:
+        return im
+    if mode in _ALPHA_MODES or ("transparency" in im.info and mode in ("P", "L", "RGB", "1")):
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    if mode.startswith("I;16") or mode == "I":
+        arr = np.asarray(im)
+        if bits is None:  # mode I with no declared depth: the smallest of 16/31 bits that fits
+            bits = 16 if arr.size == 0 or int(arr.max()) <= 65535 else 31
+        bits = min(int(bits), 31)  # mode I is signed 32-bit: 2**31 - 1 is white
+        return Image.fromarray(_gray_to_u8(arr, bits), "L").convert("RGB")
+    if mode == "F":
+        arr = np.nan_to_num(np.asarray(im, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+        lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
+        if lo >= 0.0 and hi <= 1.0:
+            arr = arr * 255.0
+        elif lo < 0.0 or hi > 255.0:
+            arr = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(arr)
+        u8 = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+        return Image.fromarray(u8, "L").convert("RGB")
+    try:
+        return im.convert("RGB")  # L, 1, P, CMYK, YCbCr, HSV, RGBX, ...
+    except (ValueError, OSError):
+        raise BadImage(f"unsupported image mode {mode}") from None
+
+
+def resize_shorter(im: Image.Image, size: int, resample: int) -> Image.Image:
+    """torchvision ``Resize(size)`` on a PIL image (same output size rounding)."""
+    w, h = im.size
+    short, long = (w, h) if w <= h else (h, w)
+    new_short, new_long = size, int(size * long / short)
+    new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
+    if (new_w, new_h) == (w, h):
+        return im
+    return im.resize((new_w, new_h), resample)
+
+
+def center_crop(arr: np.ndarray, crop: int) -> np.ndarray:
+    """torchvision ``CenterCrop(crop)``: zero-pad if too small, then round-half-even offsets."""
+    h, w = arr.shape[:2]
+    if crop > w or crop > h:
+        pl, pt = max(crop - w, 0) // 2, max(crop - h, 0) // 2
+        pr, pb = (max(crop - w, 0) + 1) // 2, (max(crop - h, 0) + 1) // 2
+        arr = np.pad(arr, ((pt, pb), (pl, pr), (0, 0)))
+        h, w = arr.shape[:2]
+    top = round((h - crop) / 2.0)
+    left = round((w - crop) / 2.0)
+    return np.ascontiguousarray(arr[top : top + crop, left : left + crop])
+
+
+def _arrays(rgb: Image.Image, preprocesses: Sequence[Preprocess]) -> dict[tuple, np.ndarray]:
+    resized: dict[tuple[int, str], np.ndarray] = {}
+    out: dict[tuple, np.ndarray] = {}
+    for p in preprocesses:
+        key = p.key()
+        if key in out:
+            continue
+        rk = (p.resize, p.interpolation)
+        if rk not in resized:
+            resized[rk] = np.asarray(resize_shorter(rgb, p.resize, RESAMPLING[p.interpolation]))
+        out[key] = center_crop(resized[rk], p.crop)
+    return out
+
+
+def _mask_png(mask_path: str, size: tuple[int, int], max_pixels: int) -> bytes:
+    try:
+        im, _ = _load(_read(mask_path), max_pixels)
+        arr = _mask_array(im)
+    except BadImage as e:
+        raise BadImage(f"mask {mask_path}: {e}") from None
+    if im.size != size:
+        raise BadImage(
+            f"mask {mask_path}: size {im.size[0]}x{im.size[1]} does not match the image size "
+            f"{size[0]}x{size[1]}"
+        )
+    buf = io.BytesIO()
+    Image.fromarray(arr, "L").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _mask_array(im: Image.Image) -> np.ndarray:
+    """Masks keep their values: P keeps palette indices (class ids), 1 becomes 0/255."""
+    mode = im.mode
+    if mode in ("L", "P"):
+        return np.asarray(im, dtype=np.uint8)
+    if mode == "1":
+        return np.asarray(im.convert("L"), dtype=np.uint8)
+    if mode in ("LA", "PA"):
+        return np.asarray(im.getchannel(0), dtype=np.uint8)
+    if mode.startswith("I") or mode == "F":
+        arr = np.asarray(im)
+        if arr.size and (arr.min() < 0 or arr.max() > 255 or not np.all(arr == np.rint(arr))):
+            raise BadImage(f"mode {mode} values do not fit in 0..255 integers; save as mode L or P")
+        return arr.astype(np.uint8)
+    if mode in ("RGB", "RGBA", "RGBX"):
+        arr = np.asarray(im)[..., :3]
+        if not (
+            np.array_equal(arr[..., 0], arr[..., 1]) and np.array_equal(arr[..., 0], arr[..., 2])
+        ):
+            raise BadImage(f"mode {mode} with differing channels; save masks as mode L or P")
+        return np.ascontiguousarray(arr[..., 0])
+    raise BadImage(f"unsupported mask mode {mode}; save masks as mode L or P")
+
+
+def decode_one(
+    item: SourceItem, preprocesses: Sequence[Preprocess], *, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> Decoded:
+    """Hash, fully decode and geometrically preprocess one image; errors go to ``error``."""
+    check_preprocesses(preprocesses)
+    out = Decoded(item=item, image_id=None)
+    try:
+        data = _read(item.uri)
+        out.image_id = hashlib.sha256(data).hexdigest()
+        im, bits = _load(data, max_pixels)
+        out.width, out.height = im.size
+        rgb = to_rgb(im, bits)
+        if item.mask_path:
+            out.mask_png = _mask_png(item.mask_path, im.size, max_pixels)
+        out.arrays = _arrays(rgb, preprocesses)
+    except BadImage as e:
+        out.arrays, out.mask_png, out.error = {}, None, _one_line(e)
+    except Exception as e:
+        out.arrays, out.mask_png = {}, None
+        out.error = _one_line(f"unexpected error while decoding: {type(e).__name__}: {e}")
+    return out
+
+
+def hash_only(item: SourceItem, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decoded:
+    """Read the bytes, sha256 them and read the size from the header (EXIF orientation
+    applied); no pixel decoding, so truncated pixel data is not detected here."""
+    out = Decoded(item=item, image_id=None)
+    try:
+        data = _read(item.uri)
+        out.image_id = hashlib.sha256(data).hexdigest()
+        im = _open(data, max_pixels)
+        w, h = im.size
+        try:
+            orientation = im.getexif().get(0x0112)
+        except Exception:
+            orientation = None
+        out.width, out.height = (h, w) if orientation in _SWAP_ORIENTATIONS else (w, h)
+    except BadImage as e:
+        out.error = _one_line(e)
+    except Exception as e:
+        out.error = _one_line(f"unexpected error while reading: {type(e).__name__}: {e}")
+    return out
+
+
+# --------------------------------------------------------------------------- worker pool
+
+
+def _worker_init(pil_limit: int | None) -> None:
+    Image.MAX_IMAGE_PIXELS = pil_limit
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+def _decode_chunk(
+    items: list[SourceItem], preprocesses: Sequence[Preprocess], max_pixels: int
+) -> list[Decoded]:
+    return [decode_one(i, preprocesses, max_pixels=max_pixels) for i in items]
+
+
+class DecodePool:
+    """Ordered decoding, inline (``workers=0``) or in ``spawn`` worker processes.
+
+    At most ``workers * prefetch`` chunks of ``chunk_size`` items are in flight, so ``imap``
+    consumes its input lazily. A worker that dies (segfault, OOM kill) turns the images of its
+    chunk into errors ("decode worker process died ...") after they are retried one by one.
+    """
+
+    def __init__(
+        self,
+        preprocesses: Sequence[Preprocess],
+        workers: int = 0,
+        chunk_size: int = 16,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        *,
+        prefetch: int = 2,
+        close_timeout: float = 5.0,
+    ) -> None:
+        check_preprocesses(preprocesses)
+        if workers < 0 or chunk_size < 1 or prefetch < 1:
+            raise ConfigError(
+                f"decode pool needs workers >= 0, chunk_size >= 1 and prefetch >= 1, got "
+                f"workers={workers} chunk_size={chunk_size} prefetch={prefetch}"
+            )
+        self.preprocesses = list(preprocesses)
+        self.workers = workers
+        self.chunk_size = chunk_size
+        self.max_pixels = max_pixels
+        self.prefetch = prefetch
+        self.close_timeout = close_timeout
+        self._executor: ProcessPoolExecutor | None = None
+
+    def __enter__(self) -> DecodePool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _pool(self) -> ProcessPoolExecutor:
+        if self._executor is None:
+            import multiprocessing
+
+            self._executor = ProcessPoolExecutor(
+                max_workers=self.workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_worker_init,
+                initargs=(Image.MAX_IMAGE_PIXELS,),
+            )
+        return self._executor
+
+    def _submit(self, chunk: list[SourceItem]) -> Future[list[Decoded]]:
+        try:
+            return self._pool().submit(_decode_chunk, chunk, self.preprocesses, self.max_pixels)
+        except BrokenProcessPool:  # a worker died; its futures fail and are retried in imap
+            self.close()
+            return self._pool().submit(_decode_chunk, chunk, self.preprocesses, self.max_pixels)
+
+    def _retry_one_by_one(self, chunk: list[SourceItem]) -> list[Decoded]:
+        self.close()  # the pool is (probably) broken: start a fresh one
+        results = []
+        for item in chunk:
+            try:
+                results += self._submit([item]).result()
+            except Exception as e:
+                self.close()
+                reason = (
+                    f"decode worker process died while decoding this image ({type(e).__name__})"
+                )
+                if not isinstance(e, BrokenProcessPool):
+                    reason = f"could not decode in a worker process: {type(e).__name__}: {e}"
+                results.append(Decoded(item=item, image_id=None, error=_one_line(reason)))
+        return results
+
+    def imap(self, items: Iterable[SourceItem]) -> Iterator[Decoded]:
+        """Decoded results in input order; bad images come back with ``error`` set."""
+        if self.workers == 0:
+            for item in items:
+                yield decode_one(item, self.preprocesses, max_pixels=self.max_pixels)
+            return
+        source = iter(items)
+        pending: deque[tuple[list[SourceItem], Future[list[Decoded]]]] = deque()
+
+        def fill() -> None:
+            while len(pending) < self.workers * self.prefetch:
+                chunk = list(islice(source, self.chunk_size))
+                if not chunk:
+                    return
+                pending.append((chunk, self._submit(chunk)))
+
+        try:
+            fill()
+            while pending:
+                chunk, future = pending.popleft()
+                try:
+                    results = future.result()
+                except Exception:
+                    results = self._retry_one_by_one(chunk)
+                    # chunks queued on the old pool are lost with it: queue them again
+                    old = list(pending)
+                    pending.clear()
+                    for c, f in old:
+                        ok = f.done() and not f.cancelled() and f.exception() is None
+                        pending.append((c, f if ok else self._submit(c)))
+                yield from results
+                fill()
+        finally:
+            for _, future in pending:
+                future.cancel()
+
+    def close(self) -> None:
+        """Stop the workers: those still busy get ``close_timeout`` seconds, then are killed."""
+        executor, self._executor = self._executor, None
+        if executor is None:
+            return
+        processes = list((getattr(executor, "_processes", None) or {}).values())
+        executor.shutdown(wait=False, cancel_futures=True)
+        deadline = time.monotonic() + self.close_timeout
+        for p in processes:
+            p.join(max(0.0, deadline - time.monotonic()))
+        for p in processes:
+            if p.is_alive():
+                p.terminate()
+                p.join(1.0)
+            if p.is_alive() and hasattr(p, "kill"):
+                p.kill()
