@@ -127,6 +127,23 @@ def _check_store_models(store: Store, records: dict[str, Any]) -> None:
                 )
 
 
+def _register_models(
+    store: Store, records: dict[str, Any], label_map: dict[str, str], now: Any
+) -> None:
+    """Upsert each model's provenance row unless the store already holds the same row."""
+    have: dict[str, dict[str, Any]] = {}
+    if store.has_table("models"):
+        have = {r["name"]: r for r in store.read("models").to_pylist()}
+    for role, rec in records.items():
+        extra = {"label_map": label_map} if role == "target" and label_map else None
+        row = rows.model_table(rec, now, extra)
+        new = row.to_pylist()[0]
+        old = have.get(rec.name)
+        if old is not None and all(old[k] == new[k] for k in new if k != "registered_at"):
+            continue
+        store.upsert("models", row, schema=schemas.MODELS_SCHEMA)
+
+
 def _normalise(arrays: list[np.ndarray], pre: Preprocess, device: str) -> Any:
     import torch
 
@@ -208,9 +225,7 @@ def ingest(
     store = Store.init(store_path)
     _check_store_models(store, records)
     now = utcnow()
-    for role, rec in records.items():
-        extra = {"label_map": label_map} if role == "target" and label_map else None
-        store.upsert("models", rows.model_table(rec, now, extra), schema=schemas.MODELS_SCHEMA)
+    _register_models(store, records, label_map, now)
 
     clip, robust = adapters.get("clip"), adapters.get("robust")
     model_fields: list[pa.Field] = []
@@ -414,10 +429,15 @@ class _Buffer:
             store.upsert(
                 "predictions", pa.concat_tables(self.predictions), schema=schemas.PREDICTIONS_SCHEMA
             )
-        if self.errors:
+        errors = self.errors
+        if errors and store.has_table("ingest_errors"):  # a rerun records nothing new
+            old = store.read("ingest_errors", ["uri", "reason"]).to_pylist()
+            seen = {(r["uri"], r["reason"]) for r in old}
+            errors = [e for e in errors if e not in seen]
+        if errors:
             store.upsert(
                 "ingest_errors",
-                rows.error_table(self.errors, utcnow()),
+                rows.error_table(errors, utcnow()),
                 schema=schemas.INGEST_ERRORS_SCHEMA,
             )
         if self.ok_uris and store.has_table("ingest_errors"):
