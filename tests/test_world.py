@@ -1,0 +1,322 @@
+"""The demo world: spec parsing/validation, planted rules, determinism, files written."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import pickle
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from PIL import Image
+
+from failstore.demo import silhouettes
+from failstore.demo.spec import ATTRIBUTES, load_spec, planted_slices, spec_hash
+from failstore.demo.world import default_spec, generate, quick_spec, write_world
+from failstore.errors import InputError
+
+
+def small_spec(**over: object) -> dict:
+    d = default_spec().to_dict()
+    d.update(sizes={"train": 240, "val": 120, "test": 120}, min_slice_count=0)
+    d.update(over)
+    return d
+
+
+@pytest.fixture(scope="module")
+def world():
+    t0 = time.perf_counter()
+    w = generate(default_spec())
+    print(f"\n[timing] default spec: {len(w)} images generated in {time.perf_counter() - t0:.1f} s")
+    return w
+
+
+def _rate(mask: np.ndarray, of: np.ndarray) -> float:
+    return float((mask & of).sum() / max(of.sum(), 1))
+
+
+# ---------------------------------------------------------------- planted truth
+
+
+def test_rules_hold_in_train_and_not_in_eval(world):
+    names, a, split = world.label_names, world.attributes, world.split
+    train = split == "train"
+    bird, horse = names == "bird", names == "horse"
+    water, brown = a["attr_background"] == "water", a["attr_color"] == "brown"
+    small_snow = (a["attr_size"] == "small") & (a["attr_background"] == "snow")
+    # (1) ~95% of train birds are on water (birds moved by the cat rule push it up a little)
+    assert 0.93 <= _rate(water, bird & train) <= 0.975
+    assert 0.09 <= _rate(water, ~bird & train) <= 0.20  # other classes: 1 of 7 backgrounds
+    # (2) every small animal on snow is a cat in train, and there are plenty of them
+    assert (small_snow & train).sum() > 200
+    assert set(names[small_snow & train]) == {"cat"}
+    # (3) train horses are all brown; the other classes are not
+    assert _rate(brown, horse & train) == 1.0
+    assert _rate(brown, ~horse & train) < 0.3
+    for s in ("val", "test"):
+        ev = split == s
+        assert _rate(water, bird & ev) < 0.2  # ~0.108: uniform over the non-snow backgrounds
+        assert 0.3 <= _rate(a["attr_background"] == "snow", ev) <= 0.4  # over-sampled snow
+        assert _rate(names == "cat", small_snow & ev) < 0.35  # ~1/6
+        assert (names[small_snow & ev] == "dog").sum() >= 60
+        assert 0.1 <= _rate(brown, horse & ev) <= 0.3  # ~1/5
+
+
+def test_every_planted_slice_is_big_enough(world):
+    counts = world.slice_counts()
+    assert set(counts) == {"birds away from water", "small dogs on snow",
+                           "horses that are not brown"}
+    for name, per_split in counts.items():
+        assert per_split["val"] >= 60 and per_split["test"] >= 60, (name, per_split)
+        if name != "birds away from water":
+            assert per_split["train"] == 0, name  # the rule leaves no counter-examples
+
+
+def test_planted_slices_of_the_default_spec():
+    by_name = {s.name: s for s in planted_slices(default_spec())}
+    assert by_name["birds away from water"].describe() == \
+        "class = bird & attr_background != water"
+    assert by_name["small dogs on snow"].describe() == \
+        "class = dog & attr_size = small & attr_background = snow"
+    assert by_name["horses that are not brown"].where() == \
+        "label IN ('horse') AND attr_color NOT IN ('brown')"
+
+
+def test_quick_spec_is_smaller_and_keeps_30_per_slice():
+    quick = default_spec(quick=True)
+    assert quick.sizes == {"train": 3000, "val": 1800, "test": 1800}
+    assert quick.min_slice_count == 30
+    assert quick_spec(default_spec()) == quick
+    t0 = time.perf_counter()
+    w = generate(quick)
+    print(f"\n[timing] quick spec: {len(w)} images generated in {time.perf_counter() - t0:.1f} s")
+    for name, per_split in w.slice_counts().items():
+        assert per_split["val"] >= 30 and per_split["test"] >= 30, (name, per_split)
+
+
+def test_masks_boxes_and_geometry(world):
+    m = world.masks
+    assert m.any(axis=(1, 2)).all()
+    ys, xs = np.nonzero(m[0])
+    assert tuple(world.boxes[0]) == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+    rows, cols = m.any(axis=2), m.any(axis=1)
+    x0, y0, x1, y1 = world.boxes.T
+    assert (cols[np.arange(len(m)), x0] & cols[np.arange(len(m)), x1 - 1]).all()
+    assert (rows[np.arange(len(m)), y0] & rows[np.arange(len(m)), y1 - 1]).all()
+    assert (cols.sum(1) <= x1 - x0).all() and (rows.sum(1) <= y1 - y0).all()
+    assert not (cols[np.arange(len(m)), np.maximum(x0 - 1, 0)] & (x0 > 0)).any()
+    area = m.sum(axis=(1, 2))
+    size = world.attributes["attr_size"]
+    assert area[size == "small"].mean() * 1.5 < area[size == "medium"].mean()
+    assert area[size == "medium"].mean() * 1.5 < area[size == "large"].mean()
+    cx = (x0 + x1) / 2
+    pos = world.attributes["attr_position"]
+    assert cx[pos == "left"].mean() + 8 < cx[pos == "center"].mean() < cx[pos == "right"].mean() - 8
+    cy = (y0 + y1) / 2
+    assert cy[pos == "top"].mean() + 8 < cy[pos == "bottom"].mean()
+
+
+def test_animals_are_coloured_and_textured(world):
+    img, m = world.images.astype(float), world.masks
+    colour, quality = world.attributes["attr_color"], world.attributes["attr_quality"]
+    means = {}
+    for c in ("brown", "orange", "white", "black"):
+        sel = np.flatnonzero((colour == c) & (quality == "clean"))[:50]
+        means[c] = np.array([img[i][m[i]].mean(axis=0) for i in sel]).mean(axis=0)
+        stds = [img[i][m[i]].std(axis=0).mean() for i in sel]
+        assert np.median(stds) > 2.0, c  # shaded, not flat
+    assert means["white"].min() > 170 and means["black"].max() < 80
+    assert means["orange"][0] > means["orange"][2] + 100  # red >> blue
+    grey = np.flatnonzero(quality == "grayscale")[:20]
+    assert all(np.ptp(img[i], axis=2).max() <= 1 for i in grey)
+
+
+def test_names_are_lower_case_and_captions_follow_attributes(world):
+    assert world.class_names == ["bear", "bird", "cat", "cow", "dog", "horse"]
+    for attr, values in world.attributes.items():
+        assert set(values) <= set(ATTRIBUTES[attr])
+        assert all(v == v.lower() for v in set(values)), attr
+    i = int(np.flatnonzero(world.attributes["attr_object"] == "ball")[0])
+    a = {k: v[i] for k, v in world.attributes.items()}
+    cap = world.captions[i]
+    assert cap.endswith(", next to a ball")
+    assert f"a {a['attr_size']} {a['attr_color']} {world.label_names[i]} " in cap
+
+
+# ---------------------------------------------------------------- determinism and files
+
+
+def _tree_digest(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_same_spec_same_bytes_other_seed_other_images(tmp_path):
+    spec = load_spec(small_spec())
+    a, b = generate(spec), generate(load_spec(spec.to_dict()))
+    assert np.array_equal(a.images, b.images) and np.array_equal(a.masks, b.masks)
+    assert a.captions == b.captions and spec_hash(spec) == spec_hash(load_spec(spec.to_dict()))
+    write_world(a, tmp_path / "a")
+    write_world(b, tmp_path / "b")
+    da, db = _tree_digest(tmp_path / "a"), _tree_digest(tmp_path / "b")
+    assert da == db and len(da) == 2 * 480 + 2
+    other = load_spec(small_spec(seed=spec.seed + 1))
+    assert spec_hash(other) != spec_hash(spec)
+    c = generate(other)
+    assert not np.array_equal(a.images, c.images)
+    assert (a.attributes["attr_background"] != c.attributes["attr_background"]).mean() > 0.5
+
+
+def test_write_world_manifest(tmp_path):
+    w = generate(load_spec(small_spec()))
+    manifest = write_world(w, tmp_path)
+    assert manifest == tmp_path / "manifest.parquet"
+    t = pq.read_table(manifest)
+    assert t.column_names == ["path", "label", "split", "boxes", "mask_path", *ATTRIBUTES,
+                              "caption"]
+    assert t.schema.metadata[b"failstore.spec_hash"].decode() == w.spec_hash
+    rows = t.to_pylist()
+    for i in (0, 250, 479):
+        r = rows[i]
+        assert r["path"] == f"images/{w.split[i]}/{w.label_names[i]}/{i:06d}.png"
+        img = np.asarray(Image.open(tmp_path / r["path"]))
+        mask = Image.open(tmp_path / r["mask_path"])
+        assert mask.mode == "L" and np.array_equal(img, w.images[i])
+        assert np.array_equal(np.asarray(mask) == 255, w.masks[i])
+        box = json.loads(r["boxes"])
+        assert box == [dict(zip(("x0", "y0", "x1", "y1"), map(int, w.boxes[i]), strict=True),
+                            label=w.label_names[i])]
+        assert r["attr_size"] == w.attributes["attr_size"][i] and r["caption"] == w.captions[i]
+    info = json.loads((tmp_path / "world.json").read_text())
+    assert info["spec_hash"] == w.spec_hash and len(info["planted_slices"]) == 3
+
+
+# ---------------------------------------------------------------- user specs
+
+
+def test_new_rules_on_other_classes_need_no_code(tmp_path):
+    d = small_spec(sizes={"train": 3000, "val": 400, "test": 400}, rules=[
+        {"name": "cows on grass", "split": "train", "when": {"class": "cow"},
+         "set": {"attr_background": {"grass": 1.0}}},
+        {"split": "train", "when": {"attr_color": "white", "attr_position": ["top", "left"]},
+         "class": {"bear": 0.5, "dog": 0.5}},
+    ])
+    path = tmp_path / "world.yaml"
+    path.write_text(yaml.safe_dump(d))
+    spec = load_spec(path)
+    w = generate(spec)
+    names, a, train = w.label_names, w.attributes, w.split == "train"
+    grass, cow = a["attr_background"] == "grass", names == "cow"
+    assert _rate(grass, cow & train) == 1.0
+    assert _rate(grass, cow & (w.split == "test")) < 0.4
+    region = (a["attr_color"] == "white") & np.isin(a["attr_position"], ["top", "left"]) & train
+    assert set(names[region]) == {"bear", "dog"} and region.sum() > 80
+    assert 0.35 < _rate(names == "bear", region) < 0.65
+    slices = planted_slices(spec)
+    assert [s.describe() for s in slices] == [
+        "class = cow & attr_background != grass",
+        "class = bird|cat|cow|horse & attr_color = white & attr_position = top|left",
+    ]
+    assert slices[0].name == "cow with attr_background not grass"
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda d: d["rules"][1]["when"].update(attr_size="tiny"),
+     "world.yaml: rules[1].when.attr_size: unknown value 'tiny'; known: small, medium, large"),
+    (lambda d: d["rules"][0]["set"].update(attr_background={"water": 0.9}),
+     "world.yaml: rules[0].set.attr_background: probabilities sum to 0.9, they must sum to 1 "
+     "(use '*' for the rest)"),
+    (lambda d: d["rules"][0]["set"].update(attr_background={"lava": 1.0}),
+     "world.yaml: rules[0].set.attr_background.lava: unknown value 'lava'; known: water, grass, "
+     "sand, snow, sky, gravel, brick"),
+    (lambda d: d["rules"][2].update(split="test"),
+     "world.yaml: rules[2].split: 'test' is an evaluation split (eval_splits), where the planted "
+     "rules must not hold"),
+    (lambda d: d["rules"][2].update({"class": {"cat": 1.0}}),
+     "world.yaml: rules[2]: a rule needs exactly one of 'set' (attributes given 'when') or "
+     "'class' (class given 'when')"),
+    (lambda d: d.update(classes=["cat", "unicorn"]),
+     "world.yaml: classes: unknown class 'unicorn'; known: bear, bird, cat, cow, dog, elephant, "
+     "giraffe, horse, sheep, zebra"),
+    (lambda d: d.update(colour="red"),
+     "world.yaml: colour: unknown key; known: name, seed, image_size, classes, sizes, "
+     "eval_splits, min_slice_count, silhouettes, distributions, rules"),
+    (lambda d: d["sizes"].update(test=1000),
+     "world.yaml: sizes.test: planted slice 'small dogs on snow' (rules[1]) expects 29.2 images "
+     "in split 'test' (1000 x p=0.0292); need >= 60 with a 3-sd margin (expected >= 88.2): "
+     "raise sizes.test to >= 3023 or over-sample the slice in distributions.test"),
+])
+def test_spec_errors_name_file_and_key(tmp_path, edit, message):
+    d = default_spec().to_dict()
+    edit(d)
+    path = tmp_path / "world.yaml"
+    path.write_text(yaml.safe_dump(d, sort_keys=False))
+    with pytest.raises(InputError) as err:
+        load_spec(path)
+    assert str(err.value) == message
+
+
+def test_broken_files(tmp_path):
+    bad = tmp_path / "world.yaml"
+    bad.write_text("classes: [cat\n")
+    with pytest.raises(InputError, match=r"^world\.yaml: not valid YAML: "):
+        load_spec(bad)
+    js = tmp_path / "w.json"
+    js.write_text(json.dumps(small_spec()))
+    assert spec_hash(load_spec(js)) == spec_hash(load_spec(small_spec()))
+    with pytest.raises(InputError, match=r"^spec: sizes: missing \(required\)$"):
+        load_spec({"classes": ["cat", "dog"]})
+
+
+# ---------------------------------------------------------------- silhouettes
+
+
+def test_animal_mnist_is_read_safely():
+    bank = silhouettes.load_animal_mnist()
+    assert bank is not None and bank.source.startswith("animal-mnist")
+    assert {k: v.shape for k, v in bank.images.items()} == {
+        c: (1000, 28, 28) for c in silhouettes.CLASSES}
+    evil = pickle.dumps(eval)  # a global outside numpy
+    with pytest.raises(pickle.UnpicklingError, match=r"refused global builtins\.eval"):
+        silhouettes._restricted_load(evil)
+
+
+def test_procedural_fallback(monkeypatch):
+    forced = generate(load_spec(small_spec(silhouettes="procedural")))
+    assert forced.silhouette_source == silhouettes.PROCEDURAL_SOURCE
+    bank = silhouettes.procedural_bank()
+    means = {c: (v > 127).mean(axis=0) for c, v in bank.images.items()}
+    for c, v in bank.images.items():
+        assert v.shape == (silhouettes.PROCEDURAL_PER_CLASS, 28, 28)
+        assert (v > 127).any(axis=(1, 2)).all()
+        others = [np.abs(means[c] - means[o]).mean() for o in means if o != c]
+        assert min(others) > 0.03, c  # each class has its own shape
+    auto_spec = load_spec(small_spec())
+    with_package = spec_hash(auto_spec)
+    monkeypatch.setattr(silhouettes, "animal_mnist_dir", lambda: None)
+    silhouettes.load_animal_mnist.cache_clear()
+    try:
+        assert silhouettes.load_bank("auto").source == silhouettes.PROCEDURAL_SOURCE
+        assert spec_hash(auto_spec) != with_package  # caches must not mix the two
+        w = generate(auto_spec)
+        assert np.array_equal(w.images, forced.images) and np.array_equal(w.masks, forced.masks)
+        with pytest.raises(InputError, match="'animal-mnist' is not installed"):
+            silhouettes.load_bank("animal-mnist")
+    finally:
+        silhouettes.load_animal_mnist.cache_clear()
+
+
+def test_png_round_trip():
+    from failstore.demo.world import encode_png
+
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    grey = rng.integers(0, 256, (64, 64), dtype=np.uint8)
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(encode_png(rgb)))), rgb)
+    im = Image.open(io.BytesIO(encode_png(grey)))
+    assert im.mode == "L" and np.array_equal(np.asarray(im), grey)
