@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from failstore.cli import commands_analyses, commands_sql, commands_store
+from failstore.cli import commands_analyses, commands_demo, commands_sql, commands_store
 from failstore.cli.state import State
 
 app = typer.Typer(
@@ -49,6 +49,7 @@ def _global(
 commands_store.register(app)
 commands_sql.register(app)
 commands_analyses.register(app)
+commands_demo.register(app)
 
 
 def main(argv: list[str] | None = None) -> None:

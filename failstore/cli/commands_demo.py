@@ -1,0 +1,131 @@
+"""``failstore demo``: the embedded default world, end to end."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from failstore.cli.output import Format
+from failstore.cli.state import state
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}"
+
+
+def _metric(metrics: dict[str, Any], model: str, *keys: str) -> str:
+    m = metrics.get(model, {})
+    for k in keys:
+        if isinstance(m.get(k), (int, float)):
+            return f"{m[k]:.3f}"
+    return "-"
+
+
+def print_report(result: Any) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    con = Console()
+    m = result.metrics
+    store = result.store
+    con.print(
+        f"[bold]failstore demo[/]: world '{result.spec_name}' ({result.spec_hash[:12]}), "
+        f"store {store}"
+    )
+    con.print(
+        f"models: target accuracy train {_metric(m, 'target', 'train_acc', 'train_accuracy')} / "
+        f"test {_metric(m, 'target', 'test_acc', 'test_accuracy')}; robust clean "
+        f"{_metric(m, 'robust', 'clean_acc', 'clean_accuracy')} / adversarial "
+        f"{_metric(m, 'robust', 'adv_acc', 'adversarial_accuracy')}; "
+        f"tagger macro-F1 on test {result.tag_macro_f1:.3f}"
+    )
+    con.print(
+        "ingest specs: failstore ingest WORLD/manifest.parquet " + " ".join(result.ingest_args)
+    )
+    for title, findings in (
+        ("CLIP tags", result.findings),
+        ("attribute columns", result.findings_attr),
+    ):
+        t = Table(
+            title=f"planted failure modes vs. slices found ({title}; searched on val, "
+            "checked on test)"
+        )
+        for col in (
+            "planted mode",
+            "slice found",
+            "rank",
+            "error rate",
+            "class error rate",
+            "holds on test",
+        ):
+            t.add_column(col)
+        for f in findings:
+            found = f"{f.cls}: {' + '.join(f.tags)}" if f.found else "not found"
+            holds = "-" if f.holds is None else ("yes" if f.holds else "no")
+            t.add_row(
+                f.planted,
+                found,
+                str(f.rank or "-"),
+                _pct(f.error_rate),
+                _pct(f.class_error_rate),
+                holds,
+            )
+        con.print(t)
+    con.print("see the images:")
+    for f in result.findings:
+        con.print(f'  failstore --store {store} sql "{f.sql}"', soft_wrap=True)
+    con.print(
+        f"next: failstore --store {store} slices --split val --eval-split test", soft_wrap=True
+    )
+
+
+def demo(
+    ctx: typer.Context,
+    world: Annotated[
+        Path | None,
+        typer.Option(
+            help="A world spec (YAML/JSON); default: the "
+            "built-in world with three planted failure modes."
+        ),
+    ] = None,
+    quick: Annotated[
+        bool,
+        typer.Option(help="Smaller world and shorter training (a cold run in about 3 minutes)."),
+    ] = False,
+    fmt: Annotated[Format, typer.Option("--format", "-f", help="table or json.")] = Format.table,
+    workers: Annotated[int | None, typer.Option(help="Decode worker processes.")] = None,
+) -> None:
+    """Build a world with planted failures, train its models, ingest it, report the findings.
+
+    Worlds and models are cached (FAILSTORE_CACHE, default ~/.cache/failstore); the store is
+    --store or ./failstore-demo.
+
+    Example: failstore demo --quick
+    """
+    from failstore.demo.run import dumps, run_demo
+
+    st = state(ctx)
+    quiet = fmt is not Format.table
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr)
+
+    result = run_demo(
+        st.store,
+        world=world,
+        quick=quick,
+        log=log,
+        progress=not quiet and sys.stderr.isatty(),
+        workers=workers,
+    )
+    if fmt is Format.table:
+        print_report(result)
+    else:
+        typer.echo(dumps(result))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("demo")(demo)

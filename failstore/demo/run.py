@@ -1,0 +1,215 @@
+"""``failstore demo``: build (or reuse) the world, train (or reuse) the models, ingest, analyse,
+and report which planted failure modes were found.
+
+Caches live under ``failstore.config.cache_dir() / "demo" / <spec hash>``: ``world/`` (PNG files,
+masks, ``manifest.parquet``) and ``models/`` (checkpoints, vocabulary, metrics). A second run with
+the same spec reuses both and finds the store already complete, so it only re-runs the analyses.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from failstore import config
+from failstore.store import Store
+
+Log = Callable[[str], None]
+DEFAULT_STORE = "failstore-demo"
+EVAL_SPLIT = "val"  # slices are searched here ...
+HOLDOUT_SPLIT = "test"  # ... and must hold here
+
+
+@dataclass
+class DemoResult:
+    store: Path
+    spec_name: str
+    spec_hash: str
+    world_dir: Path
+    ingest_args: list[str]
+    metrics: dict[str, Any]
+    findings: list[Any]
+    findings_attr: list[Any]
+    tag_macro_f1: float
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "store": str(self.store),
+            "world": self.spec_name,
+            "spec_hash": self.spec_hash,
+            "world_dir": str(self.world_dir),
+            "ingest_args": self.ingest_args,
+            "metrics": self.metrics,
+            "tag_macro_f1": self.tag_macro_f1,
+            "findings": [f.row() for f in self.findings],
+            "findings_attributes": [f.row() for f in self.findings_attr],
+            "seconds": self.seconds,
+        }
+
+
+def _world_dir(spec: Any, log: Log) -> tuple[Path, Any]:
+    """The world's files, written once per spec hash (atomically: tmp dir, then rename)."""
+    from failstore.demo.spec import spec_hash
+    from failstore.demo.world import generate, write_world
+
+    base = config.cache_dir() / "demo" / spec_hash(spec)
+    world_dir = base / "world"
+    if (world_dir / "manifest.parquet").is_file():
+        log(f"world: reusing {world_dir}")
+        return world_dir, None
+    t0 = time.perf_counter()
+    world = generate(spec)
+    tmp = base / "world.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    write_world(world, tmp)
+    shutil.rmtree(world_dir, ignore_errors=True)
+    tmp.rename(world_dir)
+    log(f"world: {len(world)} images generated in {time.perf_counter() - t0:.1f} s")
+    return world_dir, world
+
+
+def run_demo(
+    store_path: str | Path | None = None,
+    world: str | Path | None = None,
+    quick: bool = False,
+    log: Log = print,
+    progress: bool = False,
+    workers: int | None = None,
+) -> DemoResult:
+    from failstore.demo.models import train_all
+    from failstore.demo.spec import load_spec, planted_slices, spec_hash
+    from failstore.demo.world import default_spec, generate, quick_spec
+    from failstore.ingest.pipeline import IngestOptions, ingest
+
+    seconds: dict[str, float] = {}
+    t0 = time.perf_counter()
+    if world is not None:
+        spec = load_spec(Path(world))
+        spec = quick_spec(spec) if quick else spec
+    else:
+        spec = default_spec(quick=quick)
+    h = spec_hash(spec)
+    store_path = Path(store_path) if store_path else Path(DEFAULT_STORE)
+    world_dir, generated = _world_dir(spec, log)
+    seconds["world"] = time.perf_counter() - t0
+
+    t1 = time.perf_counter()
+    cache = config.cache_dir() / "demo" / h / "models"
+    # Deterministic: the same arrays as the files on disk; train_all fingerprints them to decide
+    # whether its cached models still fit.
+    w = generated if generated is not None else generate(spec)
+    trained = train_all(
+        w.images,
+        w.labels,
+        w.class_names,
+        w.split,
+        w.attributes,
+        w.captions,
+        cache_dir=cache,
+        quick=quick,
+        seed=spec.seed,
+        log=log,
+    )
+    del w, generated
+    seconds["models"] = time.perf_counter() - t1
+
+    t2 = time.perf_counter()
+    specs = trained["specs"]
+    opts = IngestOptions(
+        source=world_dir / "manifest.parquet",
+        target=specs["target"],
+        robust=specs["robust"],
+        clip=specs["clip"],
+        tags=specs["tags"],
+        workers=config.default_workers() if workers is None else workers,
+    )
+    report = ingest(store_path, opts, warn=lambda m: log(f"warning: {m}"), progress=progress)
+    log(f"ingest: {report.summary()}")
+    seconds["ingest"] = time.perf_counter() - t2
+
+    t3 = time.perf_counter()
+    store = Store(store_path)
+    macro = _write_demo_tables(store, trained["metrics"], log)
+    planted = planted_slices(spec)
+    findings = _slices_findings(store, planted, tags_from=None)
+    attrs = sorted({a for p in planted for a, _, _ in p.conditions})
+    findings_attr = _slices_findings(store, planted, tags_from=attrs)
+    seconds["analyses"] = time.perf_counter() - t3
+    seconds["total"] = time.perf_counter() - t0
+    return DemoResult(
+        store=store.path,
+        spec_name=spec.name,
+        spec_hash=h,
+        world_dir=world_dir,
+        ingest_args=trained["ingest_args"],
+        metrics=trained["metrics"],
+        findings=findings,
+        findings_attr=findings_attr,
+        tag_macro_f1=macro,
+        seconds=seconds,
+    )
+
+
+def _write_demo_tables(store: Store, metrics: dict[str, Any], log: Log) -> float:
+    """``model_metrics`` (model, metric, value) and ``tagger_audit`` computed from the store:
+    the ingested ``tags`` of test images against their ``attr_*`` ground truth."""
+    from failstore.demo.calibrate import TagSpec, macro_f1, tagger_audit
+    from failstore.demo.spec import ATTRIBUTES
+
+    rows = []
+    for model, m in metrics.items():
+        if isinstance(m, dict):
+            for k, v in m.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    rows.append({"model": model, "metric": k, "value": float(v)})
+    store.replace(
+        "model_metrics",
+        pa.Table.from_pylist(
+            rows,
+            schema=pa.schema(
+                [("model", pa.string()), ("metric", pa.string()), ("value", pa.float64())]
+            ),
+        ),
+    )
+    vocab = store.read("models", ["tags"], filter="role = 'clip'").column("tags")[0].as_py()
+    cols = [a for a in ATTRIBUTES if a in store.schema("images").names]
+    data = store.read("images", ["tags", *cols], filter=f"split = '{HOLDOUT_SPLIT}'")
+    tags_of = data.column("tags").to_pylist()
+    pred = np.array([[t in (ts or []) for t in vocab] for ts in tags_of], dtype=bool)
+    truth = np.zeros_like(pred)
+    attr_of: list[str] = []
+    for j, tag in enumerate(vocab):
+        attr = next((a for a in cols if tag in ATTRIBUTES[a]), "")
+        attr_of.append(attr)
+        if attr:
+            truth[:, j] = np.asarray(data.column(attr).to_pylist(), dtype=object) == tag
+    specs = [
+        TagSpec(name=t, attribute=a, value=t, prompts=())
+        for t, a in zip(vocab, attr_of, strict=True)
+    ]
+    audit = tagger_audit(pred, truth, specs)
+    store.replace("tagger_audit", audit)
+    macro = float(macro_f1(audit))
+    log(f"tagger audit on {HOLDOUT_SPLIT}: macro-F1 {macro:.3f} over {len(vocab)} tags")
+    return macro
+
+
+def _slices_findings(store: Store, planted: list[Any], tags_from: list[str] | None) -> list[Any]:
+    from failstore.demo.findings import find
+    from failstore.queries.slices import Slices
+
+    est = Slices(split=EVAL_SPLIT, eval_split=HOLDOUT_SPLIT, tags_from=tags_from).fit(store)
+    return find(planted, est.results_)
+
+
+def dumps(result: DemoResult) -> str:
+    return json.dumps(result.to_json(), default=str)

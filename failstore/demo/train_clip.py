@@ -1,0 +1,387 @@
+"""Train the demo's tiny CLIP tagger and calibrate its tag thresholds.
+
+The model is built by open_clip from a custom ``model_cfg`` (small ViT + small text transformer;
+the text tower keeps open_clip's 49408-token BPE vocabulary so its stock tokenizer stays valid)
+and saved as a ``local-dir:`` directory (``open_clip_config.json`` and
+``open_clip_model.safetensors``).
+
+Training is contrastive with multiple positives. Each image in a batch gets one text: its world
+caption, a caption composed from a random subset of its attributes (e.g. "a small brown animal on
+sand") or one tag prompt (e.g. "an animal on snow"). Texts are de-duplicated per batch, and text
+u is a positive of image i whenever i satisfies everything u states (same caption string for
+world captions), so partial captions are not pushed away from the many images they describe.
+Every batch also gets one prompt of every tag ("a gray animal", "an animal next to a rock", ...),
+so each image is contrasted against all values of all its attributes at every step (far more
+sample-efficient than one text per image, which matters on a CPU budget).
+Loss: symmetric soft-target InfoNCE over the (images x unique texts) logits.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from failstore.demo import calibrate as cal
+from failstore.demo.nets import (
+    Normalizer,
+    channel_stats,
+    cosine_lr,
+    random_shift,
+    seed_everything,
+    split_indices,
+    to_tensor,
+)
+
+Log = Callable[[str], None]
+CONFIG_FILE = "open_clip_config.json"
+WEIGHTS_FILE = "open_clip_model.safetensors"
+QUALITY_WORDS = {"grayscale": ("grayscale", "black and white"), "noisy": ("noisy", "grainy")}
+
+
+@dataclass(frozen=True)
+class ClipConfig:
+    embed_dim: int = 128
+    width: int = 128
+    layers: int = 4
+    patch_size: int = 16
+    text_width: int = 128
+    text_layers: int = 4
+    context_length: int = 32
+    samples: int = 40_000  # training (image, text) pairs seen
+    batch_size: int = 256
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    warmup_steps: int = 20
+    shift: int = 2
+    p_world_caption: float = 0.3
+    p_tag_prompt: float = 0.3  # the rest: captions composed from attribute subsets
+    all_tag_prompts: bool = True  # add one prompt of every tag to every batch's texts
+
+    @classmethod
+    def quick(cls) -> ClipConfig:
+        return cls(samples=12_000)
+
+    def model_cfg(self) -> dict[str, Any]:
+        return {
+            "embed_dim": self.embed_dim,
+            "vision_cfg": {
+                "image_size": 64,
+                "layers": self.layers,
+                "width": self.width,
+                "patch_size": self.patch_size,
+                "head_width": 32,
+            },
+            "text_cfg": {
+                "context_length": self.context_length,
+                "vocab_size": 49408,
+                "width": self.text_width,
+                "heads": max(1, self.text_width // 32),
+                "layers": self.text_layers,
+            },
+        }
+
+
+def _noop(_: str) -> None:
+    return None
+
+
+class TextSampler:
+    """Draws one training text per image and encodes what each text requires of an image."""
+
+    def __init__(
+        self,
+        labels: np.ndarray,
+        class_names: Sequence[str],
+        attributes: Mapping[str, np.ndarray],
+        captions: Sequence[str],
+        cfg: ClipConfig,
+    ) -> None:
+        self.cfg = cfg
+        self.class_names = list(class_names)
+        self.kinds = sorted(attributes)
+        self.values = {k: np.asarray(attributes[k]).astype(str) for k in self.kinds}
+        self.labels = np.asarray(labels)
+        self.captions = list(captions)
+        self.caption_ids = np.unique(np.asarray(self.captions), return_inverse=True)[1]
+        # image codes: class, one column per attribute, caption id
+        cols = [self.labels]
+        self.vocab: dict[str, list[str]] = {}
+        for k in self.kinds:
+            uniq, inv = np.unique(self.values[k], return_inverse=True)
+            self.vocab[k] = list(uniq)
+            cols.append(inv)
+        cols.append(self.caption_ids)
+        self.codes = np.stack(cols, axis=1).astype(np.int64)  # (N, K + 2)
+
+    def _phrase(self, kind: str, value: str, rng: np.random.Generator) -> str:
+        short = cal.attribute_kind(kind)
+        if short == "quality":
+            words = QUALITY_WORDS.get(value, (value,))
+            return f"a {words[int(rng.integers(len(words)))]} photo of"
+        if short == "background":
+            return f"on {value}"
+        if short == "position":
+            return f"on the {value}"
+        if short == "object":
+            return f"next to a {value}"
+        return value
+
+    def sample(self, idx: np.ndarray, rng: np.random.Generator) -> tuple[list[str], np.ndarray]:
+        """Texts for images ``idx`` and their requirement codes (-1 = any) (B, K + 2)."""
+        req = np.full((len(idx), self.codes.shape[1]), -1, dtype=np.int64)
+        texts: list[str] = []
+        u = rng.random(len(idx))
+        for j, i in enumerate(idx):
+            if u[j] < self.cfg.p_world_caption:
+                texts.append(self.captions[i])
+                req[j, -1] = self.caption_ids[i]
+                continue
+            present = [
+                (c, k)
+                for c, k in enumerate(self.kinds, start=1)
+                if self.values[k][i].lower() not in cal.ABSENT_VALUES
+            ]
+            if u[j] < self.cfg.p_world_caption + self.cfg.p_tag_prompt and present:
+                c, k = present[int(rng.integers(len(present)))]
+                prompts = cal.prompts_for(cal.attribute_kind(k), self.values[k][i])
+                texts.append(prompts[int(rng.integers(len(prompts)))])
+                req[j, c] = self.codes[i, c]
+                continue
+            keep = {k for _, k in present if rng.random() < 0.5}
+            parts: dict[str, str] = {}
+            for c, k in present:
+                if k in keep:
+                    parts[cal.attribute_kind(k)] = self._phrase(k, self.values[k][i], rng)
+                    req[j, c] = self.codes[i, c]
+            noun = "animal"
+            if rng.random() < 0.5:
+                noun = self.class_names[self.labels[i]]
+                req[j, 0] = self.labels[i]
+            words = [parts.get("quality", ""), "a", parts.get("size", ""), parts.get("color", "")]
+            words += [noun, parts.get("background", ""), parts.get("position", "")]
+            words.append(parts.get("object", ""))
+            words += [v for k, v in parts.items() if k not in _COMPOSED]
+            texts.append(cal.fix_articles(" ".join(w for w in words if w)))
+        return texts, req
+
+    def tag_prompt_texts(self, rng: np.random.Generator) -> tuple[list[str], np.ndarray]:
+        """One randomly chosen prompt for every tag (attribute value), and its requirements."""
+        texts: list[str] = []
+        rows: list[np.ndarray] = []
+        for c, k in enumerate(self.kinds, start=1):
+            for code, value in enumerate(self.vocab[k]):
+                if value.lower() in cal.ABSENT_VALUES:
+                    continue
+                prompts = cal.prompts_for(cal.attribute_kind(k), value)
+                texts.append(prompts[int(rng.integers(len(prompts)))])
+                row = np.full(self.codes.shape[1], -1, dtype=np.int64)
+                row[c] = code
+                rows.append(row)
+        return texts, np.stack(rows) if rows else np.zeros((0, self.codes.shape[1]), np.int64)
+
+    def positives(self, idx: np.ndarray, req: np.ndarray) -> np.ndarray:
+        """(B, U) bool: image idx[b] satisfies requirement row u."""
+        img = self.codes[idx][:, None, :]
+        return ((req[None, :, :] < 0) | (img == req[None, :, :])).all(-1)
+
+
+_COMPOSED = {"quality", "size", "color", "background", "position", "object"}
+
+
+def _soft_infonce(logits: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    pos = pos.float()
+    i2t = -(pos / pos.sum(1, keepdim=True) * logits.log_softmax(1)).sum(1).mean()
+    t2i = -(pos / pos.sum(0, keepdim=True) * logits.log_softmax(0)).sum(0).mean()
+    return (i2t + t2i) / 2
+
+
+def save_clip_dir(
+    model: nn.Module,
+    directory: Path,
+    cfg: ClipConfig,
+    mean: Sequence[float],
+    std: Sequence[float],
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``open_clip_config.json`` + ``open_clip_model.safetensors`` into ``directory``."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    config = {
+        "model_cfg": cfg.model_cfg(),
+        "preprocess_cfg": {
+            "size": 64,
+            "mean": list(mean),
+            "std": list(std),
+            "interpolation": "bilinear",
+            "resize_mode": "shortest",
+        },
+    }
+    if extra:
+        config["failstore"] = extra
+    state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    tmp = directory / (WEIGHTS_FILE + ".tmp")
+    save_file(state, str(tmp))
+    tmp.replace(directory / WEIGHTS_FILE)
+    (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    return directory
+
+
+def load_clip_dir(directory: Path) -> tuple[nn.Module, Any, Any]:
+    """(model in eval mode, preprocess transform, tokenizer) via open_clip's ``local-dir:``."""
+    import open_clip
+
+    ident = f"local-dir:{Path(directory).resolve()}"
+    model, _, preprocess = open_clip.create_model_and_transforms(ident)
+    model.eval()
+    return model, preprocess, open_clip.get_tokenizer(ident)
+
+
+@torch.no_grad()
+def encode_images(
+    model: nn.Module, images: torch.Tensor, norm: Normalizer, batch_size: int = 512
+) -> np.ndarray:
+    """(N, D) L2-normalised image embeddings of a uint8 NCHW tensor."""
+    model.eval()
+    out = []
+    for i in range(0, len(images), batch_size):
+        emb = model.encode_image(norm(norm.unit(images[i : i + batch_size]))).float()
+        out.append(nn.functional.normalize(emb, dim=-1))
+    return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
+
+
+def train_clip(
+    images: np.ndarray,
+    labels: np.ndarray,
+    class_names: Sequence[str],
+    split: np.ndarray,
+    attributes: Mapping[str, np.ndarray],
+    captions: Sequence[str],
+    out_dir: Path,
+    vocab_path: Path,
+    config: ClipConfig | None = None,
+    seed: int = 0,
+    log: Log = _noop,
+) -> dict[str, Any]:
+    """Train on ``train`` pairs, save the ``local-dir`` model to ``out_dir``, reload it the way
+    the CLIP loader does, calibrate tag thresholds on train, audit on test, write the vocabulary.
+    """
+    import open_clip
+
+    cfg = config or ClipConfig()
+    seed_everything(seed)
+    t0 = time.perf_counter()
+    idx = split_indices(split)
+    train = idx["train"]
+    if len(train) == 0:
+        raise ValueError("no images in the 'train' split")
+    mean, std = channel_stats(images[train])
+    norm = Normalizer(mean, std)
+    x_all = to_tensor(images)
+    sampler = TextSampler(labels, class_names, attributes, captions, cfg)
+    tokenizer = open_clip.SimpleTokenizer(context_length=cfg.context_length)
+
+    model = open_clip.CLIP(**cfg.model_cfg())
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    gen = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    steps = max(1, cfg.samples // cfg.batch_size)
+    token_cache: dict[str, torch.Tensor] = {}
+    model.train()
+    running = 0.0
+    perm, pos = rng.permutation(train), 0
+    for step in range(steps):
+        if pos + cfg.batch_size > len(train) and pos > 0:
+            perm, pos = rng.permutation(train), 0
+        bi = perm[pos : pos + cfg.batch_size]
+        pos += cfg.batch_size
+        texts, req = sampler.sample(bi, rng)
+        if cfg.all_tag_prompts:
+            extra_texts, extra_req = sampler.tag_prompt_texts(rng)
+            texts, req = texts + extra_texts, np.concatenate([req, extra_req])
+        uniq, first = np.unique(np.asarray(texts), return_index=True)
+        new = [t for t in uniq.tolist() if t not in token_cache]
+        if new:
+            token_cache.update(zip(new, tokenizer(new), strict=True))
+        tokens = torch.stack([token_cache[t] for t in uniq.tolist()])
+        positives = torch.from_numpy(sampler.positives(bi, req[first]))
+        x = norm(norm.unit(random_shift(x_all[torch.from_numpy(bi)], cfg.shift, gen)))
+        for group in opt.param_groups:
+            group["lr"] = cosine_lr(step, steps, cfg.lr, cfg.warmup_steps)
+        img = nn.functional.normalize(model.encode_image(x), dim=-1)
+        txt = nn.functional.normalize(model.encode_text(tokens), dim=-1)
+        loss = _soft_infonce(model.logit_scale.exp() * img @ txt.T, positives)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, float(np.log(100.0)))
+        running = 0.9 * running + 0.1 * loss.item() if step else loss.item()
+        if (step + 1) % 50 == 0 or step + 1 == steps:
+            log(f"clip: step {step + 1}/{steps} loss {running:.3f}")
+    train_seconds = time.perf_counter() - t0
+
+    metrics: dict[str, Any] = {"steps": steps, "train_seconds": round(train_seconds, 2)}
+    save_clip_dir(model, out_dir, cfg, mean, std, extra={"seed": seed, "trainer": "failstore"})
+    metrics.update(calibrate_clip(out_dir, vocab_path, x_all, idx, attributes, norm, log=log))
+    metrics["seconds"] = round(time.perf_counter() - t0, 2)
+    metrics["config"] = asdict(cfg)
+    metrics["seed"] = seed
+    meta_path = Path(out_dir) / CONFIG_FILE
+    stored = json.loads(meta_path.read_text(encoding="utf-8"))
+    stored["failstore"]["metrics"] = {k: v for k, v in metrics.items() if k != "tag_audit"}
+    meta_path.write_text(json.dumps(stored, indent=2) + "\n", encoding="utf-8")
+    return metrics
+
+
+def calibrate_clip(
+    clip_dir: Path,
+    vocab_path: Path,
+    x_all: torch.Tensor,
+    idx: Mapping[str, np.ndarray],
+    attributes: Mapping[str, np.ndarray],
+    norm: Normalizer,
+    log: Log = _noop,
+) -> dict[str, Any]:
+    """Reload the saved model through open_clip, score every tag (as the loader does), pick
+    thresholds on train, audit on test, write the vocabulary file."""
+    model, _, tokenizer = load_clip_dir(clip_dir)
+    tags = cal.build_tag_vocabulary(attributes)
+    tag_emb = cal.tag_text_embeddings(model, tokenizer, [t.prompts for t in tags])
+    truth = cal.truth_matrix(tags, attributes)
+    emb = encode_images(model, x_all, norm)
+    scores = cal.tag_scores(emb, tag_emb)
+    train, test = idx["train"], idx["test"]
+    thresholds = cal.calibrate_thresholds(scores[train], truth[train])
+    audit = cal.tagger_audit(cal.apply_thresholds(scores[test], thresholds), truth[test], tags)
+    argmax_audit = cal.tagger_audit(
+        cal.argmax_within_attribute(scores[test], tags), truth[test], tags
+    )
+    train_audit = cal.tagger_audit(
+        cal.apply_thresholds(scores[train], thresholds), truth[train], tags
+    )
+    macro = cal.macro_f1(audit)
+    cal.write_vocabulary(
+        vocab_path,
+        tags,
+        thresholds,
+        header=f"demo CLIP tagger {Path(clip_dir).name}; thresholds maximise F1 on train; "
+        f"test macro-F1 {macro:.3f}",
+    )
+    log(f"clip: tagger macro-F1 test {macro:.3f} (train {cal.macro_f1(train_audit):.3f})")
+    return {
+        "tag_macro_f1_test": round(macro, 4),
+        "tag_macro_f1_train": round(cal.macro_f1(train_audit), 4),
+        "tag_macro_f1_test_argmax": round(cal.macro_f1(argmax_audit), 4),
+        "tag_audit": audit.to_pylist(),
+        "thresholds": {t.name: float(v) for t, v in zip(tags, thresholds, strict=True)},
+    }
