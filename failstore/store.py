@@ -8,7 +8,7 @@ projections and filters down; nothing here reads a whole table unless asked to.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -212,12 +212,15 @@ class Store:
 
         names = self.table_names()
         engine = SqlEngine(
-            datasets={n: (lambda n=n: self.dataset(n)) for n in names},
+            datasets={n: self._opener(n) for n in names},
             schemas={n: self.schema(n) for n in names},
             stored=self.stored_queries(),
             timeout_s=timeout_s,
         )
         return engine.execute(query, params=params, dialect=dialect)
+
+    def _opener(self, name: str) -> Callable[[], Any]:
+        return lambda: self.dataset(name)
 
     def sql_polars(self, query: str, **kwargs: Any) -> pl.DataFrame:
         import polars as pl

@@ -284,8 +284,8 @@ def test_stored_queries_expand_as_ctes_with_parameters() -> None:
     tree = sqlglot.parse_one(result.sql, read="duckdb")
     ctes = [cte.alias for cte in tree.args["with_"].expressions]
     assert ctes == ["_stored_class_error_rates"]
-    assert "CASE 'prediction' WHEN 'label'" in result.sql
-    assert "WHERE NULL IS NULL OR p.model = NULL" in result.sql
+    assert "WHERE 'prediction' = 'prediction'" in result.sql
+    assert "AND (NULL IS NULL OR p.model = NULL)" in result.sql
     assert result.sql.endswith("SELECT * FROM _stored_class_error_rates AS c WHERE c.n > 1")
 
 

@@ -266,7 +266,7 @@ def ingest(
             if dec.error is not None:
                 report.errors += 1
                 buf.errors.append((dec.item.uri, dec.error))
-            elif dec.image_id in seen:
+            elif dec.image_id is None or dec.image_id in seen:
                 report.duplicates += 1
             else:
                 seen.add(dec.image_id)

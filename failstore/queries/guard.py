@@ -35,7 +35,7 @@ TABLE_FUNCTIONS_ALLOWED = ("unnest", "range", "generate_series")
 STORED_PREFIX = "_stored_"
 
 # Statement nodes that must not occur anywhere in the tree.
-FORBIDDEN_NODES: tuple[type[exp.Expression], ...] = (
+FORBIDDEN_NODES: tuple[type[exp.Expr], ...] = (
     exp.DDL, exp.DML, exp.Create, exp.Drop, exp.Alter, exp.Command, exp.Copy, exp.Attach,
     exp.Detach, exp.Pragma, exp.Set, exp.Install, exp.Use, exp.Into, exp.Describe, exp.Show,
     exp.Summarize, exp.Transaction, exp.Commit, exp.Rollback, exp.Export, exp.Analyze, exp.Grant,
@@ -84,7 +84,7 @@ def resolve_dialect(dialect: str | None) -> str:
     return name
 
 
-def _statement_name(node: exp.Expression) -> str:
+def _statement_name(node: exp.Expr) -> str:
     if isinstance(node, exp.Command):
         return str(node.this).upper()
     kind = node.args.get("kind")
@@ -92,7 +92,7 @@ def _statement_name(node: exp.Expression) -> str:
     return f"{name} {kind}".upper() if isinstance(kind, str) and kind else name
 
 
-def _parse(sql: str, read: str) -> list[exp.Expression]:
+def _parse(sql: str, read: str) -> list[exp.Expr]:
     try:
         with _quiet_sqlglot():
             return [s for s in sqlglot.parse(sql, read=read) if s is not None]
@@ -123,7 +123,7 @@ def check_shape(sql: str, dialect: str | None) -> exp.Query:
     return tree  # type: ignore[return-value]
 
 
-def _check_read_only(tree: exp.Expression) -> None:
+def _check_read_only(tree: exp.Expr) -> None:
     if not isinstance(tree, exp.Query):
         if isinstance(tree, (*FORBIDDEN_NODES, exp.Pivot)):
             raise SqlRefused(f"{_statement_name(tree)} is not allowed; {ALLOWED}")
@@ -140,7 +140,7 @@ def _function_names(node: exp.Func) -> set[str]:
     return {n.lower() for n in type(node).sql_names()} | {node.key.lower()}
 
 
-def _check_functions(tree: exp.Expression) -> None:
+def _check_functions(tree: exp.Expr) -> None:
     for node in tree.walk():
         if isinstance(node, exp.Table) and not isinstance(node.this, exp.Identifier):
             _check_table_function(node)
@@ -171,11 +171,11 @@ def _check_table_function(table: exp.Table) -> None:
     )
 
 
-def placeholder_names(tree: exp.Expression) -> set[str]:
+def placeholder_names(tree: exp.Expr) -> set[str]:
     return {str(p.this) for p in tree.find_all(exp.Placeholder) if p.this}
 
 
-def _substitute(tree: exp.Expression, values: Mapping[str, exp.Expression], who: str) -> None:
+def _substitute(tree: exp.Expr, values: Mapping[str, exp.Expr], who: str) -> None:
     for node in list(tree.find_all(exp.Placeholder)):
         name = str(node.this)
         if name not in values:
@@ -185,7 +185,7 @@ def _substitute(tree: exp.Expression, values: Mapping[str, exp.Expression], who:
         node.replace(values[name].copy())
 
 
-def _visible_ctes(node: exp.Expression) -> set[str]:
+def _visible_ctes(node: exp.Expr) -> set[str]:
     names: set[str] = set()
     parent = node.parent
     while parent is not None:
@@ -209,11 +209,11 @@ class _Expander:
         self.schemas = tables
         self.stored = {k.lower(): v for k, v in stored.items()}
         self.params = params
-        self.ctes: dict[str, exp.Expression] = {}  # in dependency order
+        self.ctes: dict[str, exp.Expr] = {}  # in dependency order
         self.used_tables: set[str] = set()
         self.declared: set[str] = set()
 
-    def resolve(self, tree: exp.Expression, chain: tuple[str, ...]) -> None:
+    def resolve(self, tree: exp.Expr, chain: tuple[str, ...]) -> None:
         for table in list(tree.find_all(exp.Table)):
             if not isinstance(table.this, exp.Identifier):
                 continue
@@ -255,7 +255,7 @@ class _Expander:
             tree = check_shape(expand_templates(query.sql, self.schemas), "duckdb")
         except SqlRefused as e:
             raise SqlRefused(f"{who} is invalid: {e.one_line()}") from e
-        values: dict[str, exp.Expression] = {}
+        values: dict[str, exp.Expr] = {}
         for p in query.parameters:
             self.declared.add(p.name)
             if p.name in self.params:
@@ -267,7 +267,7 @@ class _Expander:
         self.ctes[name] = tree
 
 
-def _attach_ctes(tree: exp.Query, ctes: Mapping[str, exp.Expression]) -> exp.Query:
+def _attach_ctes(tree: exp.Query, ctes: Mapping[str, exp.Expr]) -> exp.Query:
     if not ctes:
         return tree
     while isinstance(tree, exp.Subquery) and set(tree.args) - {"this"} == set():
@@ -295,8 +295,9 @@ def _source_columns(source: object, tables: Mapping[str, pa.Schema]) -> list[str
     if isinstance(source, exp.Table) and source.name in tables:
         return list(tables[source.name].names)
     if isinstance(source, Scope):
-        return [c for c in source.expression.named_selects if c != "*"]
-    if isinstance(source, exp.Expression):
+        selects: list[str] = getattr(source.expression, "named_selects", [])
+        return [c for c in selects if c != "*"]
+    if isinstance(source, exp.Expr):
         alias = source.args.get("alias")
         if isinstance(alias, exp.TableAlias):
             return [c.name for c in alias.columns]
@@ -310,7 +311,7 @@ def _source_label(alias: str, source: object) -> str:
 
 
 def _unknown_column_message(
-    error: str, tree: exp.Expression, tables: Mapping[str, pa.Schema]
+    error: str, tree: exp.Expr, tables: Mapping[str, pa.Schema]
 ) -> str | None:
     """sqlglot's column error -> ``unknown column 'x' in table 't'; did you mean 'y'?``.
 

@@ -241,6 +241,7 @@ def _search(group: _Group, params: SliceParams) -> tuple[np.ndarray, _Levels]:
             if bits is None:
                 bits = _pack(xf)
                 err_bits = _pack(err[:, None])[0]
+            assert bits is not None and err_bits is not None
             sizes, errors = _count_sets(bits, err_bits, cand)
             keep = sizes >= s
             rows, sizes, errors = cand[keep], sizes[keep], errors[keep]
@@ -322,7 +323,7 @@ def _add_eval(records: list[dict], rows: list[tuple], ev: _Group, params: SliceP
             sizes[idx], errors[idx] = _count_sets(bits, err_bits, local)
     base_acc = (ev.size - ev.errors) / ev.size if ev.size else None
     for rec, n, e in zip(records, sizes.tolist(), errors.tolist(), strict=True):
-        drop = None if n == 0 else base_acc - (n - e) / n
+        drop = None if n == 0 or base_acc is None else base_acc - (n - e) / n
         rec["eval_size"] = n
         rec["eval_error_rate"] = None if n == 0 else e / n
         rec["eval_accuracy_drop"] = drop

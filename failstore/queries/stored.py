@@ -154,7 +154,7 @@ NUMBER_RE = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
 QUOTED_RE = re.compile(r"^'((?:[^']|'')*)'$")
 
 
-def param_literal(value: str) -> exp.Expression:
+def param_literal(value: str) -> exp.Expr:
     """Text given for a parameter -> a SQL literal: numbers stay numbers, ``'quoted'`` text is
     unquoted, anything else becomes a string literal. Never spliced into SQL text."""
     text = value.strip()
@@ -164,7 +164,7 @@ def param_literal(value: str) -> exp.Expression:
     return exp.Literal.string(m.group(1).replace("''", "'") if m else value)
 
 
-def default_literal(text: str) -> exp.Expression:
+def default_literal(text: str) -> exp.Expr:
     """A stored query parameter default (checked SQL literal text) -> expression."""
     return sqlglot.parse_one(text, read="duckdb")
 
