@@ -84,7 +84,9 @@ def run_demo(
     log: Log = print,
     progress: bool = False,
     workers: int | None = None,
+    configs: dict[str, Any] | None = None,
 ) -> DemoResult:
+    """Run the demo; ``configs`` overrides the trainers' configs (keys target, robust, clip)."""
     from failstore.demo.models import train_all
     from failstore.demo.spec import load_spec, planted_slices, spec_hash
     from failstore.demo.world import default_spec, generate, quick_spec

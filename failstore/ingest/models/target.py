@@ -9,6 +9,7 @@ import importlib
 import importlib.util
 import io
 import math
+import warnings
 from collections import Counter
 from dataclasses import fields
 from pathlib import Path
@@ -277,7 +278,9 @@ class TorchScriptSource(Source):
     def _build(self) -> Built:
         import torch
 
-        module = torch.jit.load(str(self.path), map_location="cpu")
+        with warnings.catch_warnings():  # torch >= 2.10 flags TorchScript as deprecated
+            warnings.simplefilter("ignore", FutureWarning)
+            module = torch.jit.load(str(self.path), map_location="cpu")
         extra = {k: v for k, v in self.meta.items() if k not in ("class_names", "preprocess")}
         extra["versions"] = package_versions("torch")
         return Built(module, self.class_names, [self.path], self._pre, extra, scripted=True)

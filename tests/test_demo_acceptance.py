@@ -1,0 +1,136 @@
+"""Acceptance on the embedded quick demo world (built once per test session, then cached).
+
+Checks the issues' "done when": the planted failures are found by `slices` among the top 3 of
+their class, with CLIP tags and with attribute columns, and hold on test; SQL joins predictions,
+tags and attr_* columns; the tagger audit and model metrics are in the store.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from failstore.demo.findings import matches
+from failstore.demo.spec import planted_slices
+from failstore.demo.world import default_spec
+from failstore.queries.slices import Slices
+from failstore.store import Store
+
+ROOT = Path(__file__).resolve().parents[1]
+ATTRS = ["attr_background", "attr_color", "attr_size"]
+
+
+@pytest.fixture(scope="session")
+def demo(tmp_path_factory):
+    from failstore.demo.run import run_demo
+
+    cache = ROOT / ".cache" / "test-demo"  # reused across local runs; fresh in CI
+    old = os.environ.get("FAILSTORE_CACHE")
+    os.environ["FAILSTORE_CACHE"] = str(cache)
+    try:
+        store = tmp_path_factory.mktemp("demo") / "store"
+        result = run_demo(store, quick=True, log=lambda m: None, workers=1)
+    finally:
+        if old is None:
+            os.environ.pop("FAILSTORE_CACHE", None)
+        else:
+            os.environ["FAILSTORE_CACHE"] = old
+    return result
+
+
+def _top3(store: Store, tags_from: list[str] | None) -> dict[str, list[list[str]]]:
+    est = Slices(split="val", eval_split="test", tags_from=tags_from).fit(store)
+    out: dict[str, list[list[str]]] = {}
+    for r in est.results_.to_pylist():
+        out.setdefault(r["class"], []).append(r)
+    return out
+
+
+@pytest.mark.parametrize("tags_from", [None, ATTRS], ids=["clip-tags", "attributes"])
+def test_planted_failures_are_top3_slices_and_hold_on_test(demo, tags_from):
+    store = Store(demo.store)
+    by_class = _top3(store, tags_from)
+    for planted in planted_slices(default_spec(quick=True)):
+        (cls,) = planted.classes
+        top = by_class.get(cls, [])[:3]
+        hits = [r for r in top if matches(planted, cls, r["tags"])]
+        assert hits, f"{planted.name}: top-3 {cls} slices are {[r['tags'] for r in top]}"
+        assert hits[0]["holds"], f"{planted.name}: {hits[0]} does not hold on test"
+
+
+@pytest.mark.parametrize("tags_from", [None, ATTRS], ids=["clip-tags", "attributes"])
+def test_dog_pair_ranks_above_either_tag_alone(demo, tags_from):
+    store = Store(demo.store)
+    dogs = _top3(store, tags_from).get("dog", [])
+    names = [sorted(r["tags"]) for r in dogs]
+    small = "attr_size=small" if tags_from else "small"
+    snow = "attr_background=snow" if tags_from else "snow"
+    pair = sorted([small, snow])
+    assert pair in names[:3], names[:5]
+    for single in ([small], [snow]):
+        if single in names:
+            assert names.index(pair) < names.index(single)
+
+
+def test_report_lists_the_planted_slices(demo):
+    assert [f.planted for f in demo.findings] == [
+        p.name for p in planted_slices(default_spec(quick=True))
+    ]
+    assert all(f.found and f.rank is not None and f.rank <= 3 for f in demo.findings)
+    assert all(f.found for f in demo.findings_attr)
+    report = json.loads(__import__("failstore.demo.run", fromlist=["dumps"]).dumps(demo))
+    assert report["findings"][0]["sql"].startswith("SELECT uri, prediction FROM samples WHERE")
+
+
+def test_sql_joins_predictions_tags_and_attributes(demo):
+    store = Store(demo.store)
+    rows = store.sql(
+        "SELECT label, attr_background, count(*) AS n, avg(CASE WHEN correct THEN 0 ELSE 1 END) "
+        "AS err FROM samples WHERE split = 'test' AND list_contains(tags, 'water') "
+        "GROUP BY ALL ORDER BY n DESC"
+    ).to_pylist()
+    assert rows and {"label", "attr_background", "n", "err"} <= rows[0].keys()
+    for q in demo.findings:
+        assert store.sql(q.sql).num_rows > 0
+
+
+def test_tagger_audit_matches_a_recount_from_the_store(demo):
+    store = Store(demo.store)
+    audit = {r["tag"]: r for r in store.read("tagger_audit").to_pylist()}
+    data = store.read("images", ["tags", "attr_background"], filter="split = 'test'").to_pylist()
+    pred = np.array(["water" in (r["tags"] or []) for r in data])
+    truth = np.array([r["attr_background"] == "water" for r in data])
+    tp = int((pred & truth).sum())
+    assert audit["water"]["precision"] == pytest.approx(tp / max(pred.sum(), 1))
+    assert audit["water"]["recall"] == pytest.approx(tp / truth.sum())
+    metrics = store.sql("SELECT model, metric, value FROM model_metrics").to_pylist()
+    assert {m["model"] for m in metrics} >= {"target", "robust", "clip"}
+
+
+def test_planted_slices_fail_on_test(demo):
+    """Each planted slice's test error rate is >= 0.3 and >= 2x its whole class's."""
+    store = Store(demo.store)
+    for p in planted_slices(default_spec(quick=True)):
+        where = p.where("label")
+        (cls,) = p.classes
+        sl = (
+            store.sql(
+                f"SELECT avg(CASE WHEN correct THEN 0.0 ELSE 1.0 END) AS e FROM samples "
+                f"WHERE split = 'test' AND {where}"
+            )
+            .column("e")[0]
+            .as_py()
+        )
+        whole = (
+            store.sql(
+                f"SELECT avg(CASE WHEN correct THEN 0.0 ELSE 1.0 END) AS e FROM "
+                f"samples WHERE split = 'test' AND label = '{cls}'"
+            )
+            .column("e")[0]
+            .as_py()
+        )
+        assert sl >= 0.3 and sl >= 2 * whole, f"{p.name}: slice {sl:.2f} vs class {whole:.2f}"
