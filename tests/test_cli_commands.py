@@ -1,0 +1,153 @@
+"""CLI behaviour: one-line errors and exit codes, --debug, queries save/list/show/drop, info."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pyarrow as pa
+import pytest
+
+from failstore import schemas
+from failstore.store import Store
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    import os
+
+    cmd = [sys.executable, "-c", "from failstore.cli.app import main; main()", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})})
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = Store.init(tmp_path / "s")
+    s.upsert(
+        "ingest_errors",
+        pa.table(
+            {"uri": ["/a.png", "/b.png"], "reason": ["x", "y"], "time": [None, None]},
+            schema=schemas.INGEST_ERRORS_SCHEMA,
+        ),
+    )
+    return s
+
+
+def test_unknown_target_spec_fails_before_any_write(tmp_path, colour_folder):
+    r = run("--store", str(tmp_path / "s"), "ingest", str(colour_folder), "--target", "nope_net")
+    assert r.returncode == 1
+    assert r.stderr.startswith("error: ") and "nope_net" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "s").exists()
+
+
+def test_missing_torchvision_weights_name_the_expected_file(tmp_path, colour_folder):
+    r = run(
+        "--store",
+        str(tmp_path / "s"),
+        "ingest",
+        str(colour_folder),
+        "--target",
+        "torchvision:resnet18",
+        env={"TORCH_HOME": str(tmp_path / "th")},
+    )
+    assert r.returncode == 1
+    assert str(tmp_path / "th" / "hub" / "checkpoints") in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "s").exists()
+
+
+def test_broken_manifest_names_the_column_and_writes_nothing(tmp_path, colour_folder):
+    m = tmp_path / "m.csv"
+    m.write_text("path,lbl\nred/0.png,red\n")
+    r = run("--store", str(tmp_path / "s"), "ingest", str(m))
+    assert r.returncode == 1 and "has no 'label' column" in r.stderr
+    assert not (tmp_path / "s").exists()
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    plain = run("--store", str(tmp_path / "none"), "info")
+    debug = run("--store", str(tmp_path / "none"), "--debug", "info")
+    assert plain.returncode == 1 and plain.stderr.startswith("error: no store at ")
+    assert "Traceback" not in plain.stderr
+    assert debug.returncode == 1 and "Traceback" in debug.stderr and "StoreError" in debug.stderr
+
+
+def test_info_json(store):
+    r = run("--store", str(store.path), "info", "--format", "json")
+    data = json.loads(r.stdout)
+    assert data["tables"] == [
+        {
+            "table": "ingest_errors",
+            "rows": 2,
+            "version": store.version("ingest_errors"),
+            "columns": 3,
+        }
+    ]
+
+
+def test_sql_param_and_out_parquet(store, tmp_path):
+    r = run(
+        "--store",
+        str(store.path),
+        "sql",
+        "SELECT uri FROM ingest_errors WHERE reason = $r",
+        "--param",
+        "r=y",
+        "--format",
+        "csv",
+    )
+    assert r.stdout == "uri\n/b.png\n"
+    out = tmp_path / "o.parquet"
+    r = run("--store", str(store.path), "sql", "SELECT * FROM ingest_errors", "--out", str(out))
+    assert r.stdout == f"wrote 2 rows to {out}\n"
+    import pyarrow.parquet as pq
+
+    assert pq.read_table(out).num_rows == 2
+    bad = run("--store", str(store.path), "sql", "SELECT 1", "--param", "oops")
+    assert bad.returncode == 1 and bad.stderr == (
+        "error: --param 'oops' is not KEY=VALUE; e.g. --param grouping=label\n"
+    )
+
+
+def test_queries_save_list_show_drop(store):
+    s = str(store.path)
+    r = run(
+        "--store",
+        s,
+        "queries",
+        "save",
+        "bad_uris",
+        "SELECT uri FROM ingest_errors WHERE reason = $why",
+        "--description",
+        "uris by reason",
+        "--param",
+        "why='x'",
+    )
+    assert (r.returncode, r.stdout) == (0, "saved query 'bad_uris'\n"), r.stderr
+    listed = json.loads(run("--store", s, "queries", "list", "--format", "json").stdout)
+    mine = [q for q in listed if q["name"] == "bad_uris"]
+    assert mine == [
+        {
+            "name": "bad_uris",
+            "source": "store",
+            "description": "uris by reason",
+            "parameters": "why",
+        }
+    ]
+    assert {"samples", "class_error_rates", "confusions"} <= {q["name"] for q in listed}
+    shown = run("--store", s, "queries", "show", "bad_uris").stdout
+    assert "-- name: bad_uris" in shown and "-- param: why = 'x'" in shown
+    used = run("--store", s, "sql", "SELECT * FROM bad_uris", "--format", "json").stdout
+    assert [r["uri"] for r in json.loads(used)] == ["/a.png"]
+    used = run("--store", s, "sql", "SELECT * FROM bad_uris", "--param", "why=y", "-f", "csv")
+    assert used.stdout == "uri\n/b.png\n"
+    assert run("--store", s, "queries", "drop", "bad_uris").stdout == "dropped query 'bad_uris'\n"
+    gone = run("--store", s, "queries", "drop", "bad_uris")
+    assert gone.returncode == 1 and gone.stderr.startswith("error: no saved query 'bad_uris'")
+
+
+def test_saving_a_write_query_is_refused(store):
+    r = run("--store", str(store.path), "queries", "save", "evil", "DELETE FROM ingest_errors")
+    assert r.returncode == 1 and "DELETE is not allowed" in r.stderr
+    assert store.count("ingest_errors") == 2 and not store.has_table("saved_queries")
