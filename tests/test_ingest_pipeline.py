@@ -183,3 +183,16 @@ def test_manifest_metadata_boxes_and_masks_land(tmp_path, colour_folder, fakes):
     assert rows[0]["label"] == "green" and not rows[0]["boxes"] and not rows[0]["has_mask"]
     assert rows[1]["site"] == "north" and rows[1]["split"] == "val" and rows[1]["has_mask"]
     assert rows[1]["boxes"] == [{"label": None, "x0": 1.0, "y0": 2.0, "x1": 10.0, "y1": 12.0}]
+
+
+def test_a_fixed_file_leaves_ingest_errors(tmp_path, colour_folder_with_bad, fakes):
+    import shutil
+
+    ingest(tmp_path / "s", _opts(colour_folder_with_bad))
+    store = Store(tmp_path / "s")
+    assert store.count("ingest_errors") == 1
+    bad = colour_folder_with_bad / "red" / "corrupt.png"
+    shutil.copy(colour_folder_with_bad / "blue" / "0.png", bad)  # now a good (duplicate) image
+    report = ingest(tmp_path / "s", _opts(colour_folder_with_bad))
+    assert report.errors == 0 and report.duplicates == 1
+    assert store.count("ingest_errors") == 0

@@ -95,6 +95,15 @@ def _resolve(opts: IngestOptions) -> dict[str, ModelAdapter]:
     return adapters
 
 
+def _unknown_labels_message(model: str, labels: list[str]) -> str:
+    shown = ", ".join(labels[:20]) + (f" (+{len(labels) - 20} more)" if len(labels) > 20 else "")
+    return (
+        f"{len(labels)} dataset labels are not among {model}'s classes: {shown}; their images "
+        "count as incorrect. Map them with --label-map FILE (JSON or CSV: dataset label -> "
+        "model class)"
+    )
+
+
 def _check_device(device: str) -> None:
     if device == "cpu":
         return
@@ -162,6 +171,10 @@ class _Known:
         self.with_clip: set[str] = set()
         self.with_robust: set[str] = set()
         self.predicted: set[str] = set()
+        self.errors: dict[str, str] = {}  # uri -> reason recorded in ingest_errors
+        if store.has_table("ingest_errors"):
+            t = store.read("ingest_errors", ["uri", "reason"])
+            self.errors = dict(zip(t["uri"].to_pylist(), t["reason"].to_pylist(), strict=True))
         if store.has_table("images"):
             names = store.schema("images").names
             cols = ["image_id"] + [c for c in ("clip_model", "robust_model") if c in names]
@@ -187,7 +200,6 @@ def ingest(
     progress: bool = False,
 ) -> IngestReport:
     """Ingest ``opts.source`` into the store at ``store_path``; see the module docstring."""
-    from failstore.ingest.decode import DecodePool
     from failstore.ingest.sources import open_source
 
     warn = warn or (lambda msg: None)
@@ -210,17 +222,7 @@ def ingest(
     if target:
         report.unknown_labels = unknown_labels((i.label for i in items), class_names, label_map)
         if report.unknown_labels:
-            shown = ", ".join(report.unknown_labels[:20])
-            more = (
-                f" (+{len(report.unknown_labels) - 20} more)"
-                if len(report.unknown_labels) > 20
-                else ""
-            )
-            warn(
-                f"{len(report.unknown_labels)} dataset labels are not among {target.name}'s "
-                f"classes: {shown}{more}; their images count as incorrect. "
-                "Map them with --label-map FILE (JSON or CSV: dataset label -> model class)"
-            )
+            warn(_unknown_labels_message(target.name, report.unknown_labels))
 
     store = Store.init(store_path)
     _check_store_models(store, records)
@@ -257,33 +259,12 @@ def ingest(
         buf,
         report,
     )
-    seen: set[str] = set()
     bar = progress_bar(len(items)) if progress else None
-    with DecodePool(list(prepro.values()), workers=opts.workers) as pool:
-        batch: list[Any] = []
-        for dec in pool.imap(items):
-            report.seen += 1
-            if dec.error is not None:
-                report.errors += 1
-                buf.errors.append((dec.item.uri, dec.error))
-            elif dec.image_id is None or dec.image_id in seen:
-                report.duplicates += 1
-            else:
-                seen.add(dec.image_id)
-                buf.ok_uris.append(dec.item.uri)
-                batch.append(dec)
-            if len(batch) >= opts.batch_size:
-                _run_batch(batch, run)
-                batch = []
-            if buf.pending >= opts.commit_every:
-                buf.flush(store, image_schema)
-            if bar is not None:
-                bar.advance()
-        if batch:
-            _run_batch(batch, run)
-        buf.flush(store, image_schema)
-    if bar is not None:
-        bar.close()
+    try:
+        _loop(items, prepro, opts, run, store, image_schema, bar)
+    finally:
+        if bar is not None:
+            bar.close()
     report.seconds = time.perf_counter() - start
     if report.ok == 0 and report.seen > 0:
         raise IngestError(
@@ -296,6 +277,46 @@ def ingest(
             hint="the others were ingested; see the ingest_errors table",
         )
     return report
+
+
+def _loop(
+    items: list[Any],
+    prepro: dict[Any, Preprocess],
+    opts: IngestOptions,
+    run: _Run,
+    store: Store,
+    image_schema: pa.Schema,
+    bar: Any,
+) -> None:
+    """Decode, batch, encode and commit every ``commit_every`` rows."""
+    from failstore.ingest.decode import DecodePool
+
+    report, buf = run.report, run.buf
+    seen: set[str] = set()
+    with DecodePool(list(prepro.values()), workers=opts.workers) as pool:
+        batch: list[Any] = []
+        for dec in pool.imap(items):
+            report.seen += 1
+            if dec.error is not None:
+                report.errors += 1
+                buf.errors.append((dec.item.uri, dec.error))
+            elif dec.image_id is None or dec.image_id in seen:
+                report.duplicates += 1  # same bytes as an earlier file of this run
+                buf.ok_uris.append(dec.item.uri)
+            else:
+                seen.add(dec.image_id)
+                buf.ok_uris.append(dec.item.uri)
+                batch.append(dec)
+            if len(batch) >= opts.batch_size:
+                _run_batch(batch, run)
+                batch = []
+            if buf.pending >= opts.commit_every:
+                buf.flush(store, image_schema, run.known)
+            if bar is not None:
+                bar.advance()
+        if batch:
+            _run_batch(batch, run)
+        buf.flush(store, image_schema, run.known)
 
 
 @dataclass
@@ -419,7 +440,7 @@ class _Buffer:
             t.num_rows for t in self.new_images + self.image_updates + self.predictions
         ) + len(self.errors)
 
-    def flush(self, store: Store, image_schema: pa.Schema) -> None:
+    def flush(self, store: Store, image_schema: pa.Schema, known: _Known) -> None:
         if self.new_images:
             data = pa.concat_tables(self.new_images)
             store.upsert("images", data.cast(_project(image_schema, data)), schema=image_schema)
@@ -429,27 +450,20 @@ class _Buffer:
             store.upsert(
                 "predictions", pa.concat_tables(self.predictions), schema=schemas.PREDICTIONS_SCHEMA
             )
-        errors = self.errors
-        if errors and store.has_table("ingest_errors"):  # a rerun records nothing new
-            old = store.read("ingest_errors", ["uri", "reason"]).to_pylist()
-            seen = {(r["uri"], r["reason"]) for r in old}
-            errors = [e for e in errors if e not in seen]
+        errors = [e for e in self.errors if known.errors.get(e[0]) != e[1]]  # reruns: nothing new
         if errors:
             store.upsert(
                 "ingest_errors",
                 rows.error_table(errors, utcnow()),
                 schema=schemas.INGEST_ERRORS_SCHEMA,
             )
-        if self.ok_uris and store.has_table("ingest_errors"):
-            # Images that decode now are no longer errors.
-            ok = pa.array(self.ok_uris, pa.string())
-            stale = store.read("ingest_errors", ["uri"]).column("uri")
-            import pyarrow.compute as pc
-
-            gone = pc.filter(stale, pc.is_in(stale, value_set=ok)).to_pylist()
-            if gone:
-                quoted = ", ".join("'" + u.replace("'", "''") + "'" for u in gone)
-                store.delete("ingest_errors", f"uri IN ({quoted})")
+            known.errors.update(errors)
+        gone = [u for u in self.ok_uris if u in known.errors]  # they decode now: not errors
+        if gone:
+            for u in gone:
+                del known.errors[u]
+            quoted = ", ".join("'" + u.replace("'", "''") + "'" for u in gone)
+            store.delete("ingest_errors", f"uri IN ({quoted})")
         self.__init__()  # type: ignore[misc]
 
 
