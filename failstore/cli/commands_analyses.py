@@ -11,26 +11,6 @@ from failstore.cli.state import state
 
 FormatOpt = Annotated[Format, typer.Option("--format", "-f", help="Output format.")]
 
-# Columns of `failstore slices` output (JSON field names), in order.
-SLICE_FIELDS = [
-    "class",
-    "grouping",
-    "model",
-    "tags",
-    "size",
-    "errors",
-    "error_rate",
-    "base_error_rate",
-    "accuracy_drop",
-    "error_coverage",
-    "importance",
-    "p_value",
-    "q_value",
-    "description",
-]
-EVAL_FIELDS = ["eval_size", "eval_error_rate", "eval_accuracy_drop", "holds"]
-
-
 def _csv_list(value: str | None) -> list[str] | None:
     if not value:
         return None
@@ -80,6 +60,7 @@ def slices(
 
     Example: failstore slices --class bird --split val --eval-split test
     """
+    from failstore.queries.slice_search import slice_schema
     from failstore.queries.slices import Slices
 
     store = state(ctx).open_store()
@@ -95,9 +76,9 @@ def slices(
         min_gain=min_gain,
         eval_split=eval_split,
     ).fit(store)
-    table = est.results_
-    fields = SLICE_FIELDS + (EVAL_FIELDS if eval_split else [])
-    table = table.select(fields)
+    # Exactly the documented fields, in order (the stored table also has run bookkeeping).
+    fields = ["class", "grouping", "model", *slice_schema(bool(eval_split)).names]
+    table = est.results_.select(fields)
     if limit is not None:
         table = table.slice(0, limit)
     if fmt is Format.table:
