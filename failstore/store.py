@@ -55,6 +55,7 @@ class Store:
                 json.dumps({"format": FORMAT_VERSION, "created": utcnow().isoformat()})
             )
         self._db: Any = None
+        self._con: Any = None  # one locked-down DuckDB connection, reused by sql()
 
     @classmethod
     def init(cls, path: str | Path | None = None) -> Store:
@@ -208,14 +209,17 @@ class Store:
         timeout_s: float = config.DEFAULT_SQL_TIMEOUT_S,
     ) -> pa.Table:
         """Run one read-only query over every table and stored query; returns Arrow."""
-        from failstore.queries.engine import SqlEngine
+        from failstore.queries.engine import SqlEngine, locked_connection
 
+        if self._con is None:
+            self._con = locked_connection()
         names = self.table_names()
         engine = SqlEngine(
             datasets={n: self._opener(n) for n in names},
             schemas={n: self.schema(n) for n in names},
             stored=self.stored_queries(),
             timeout_s=timeout_s,
+            connection=self._con,
         )
         return engine.execute(query, params=params, dialect=dialect)
 

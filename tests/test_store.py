@@ -113,3 +113,27 @@ def test_replace_stamps_metadata(tmp_path):
     assert store.table_metadata("results")["failstore.params"] == "{}"
     store.replace("results", pa.table({"x": [3]}))
     assert store.read("results").column("x").to_pylist() == [3]
+
+
+def test_sql_reuses_one_locked_connection_across_queries_and_failures(tmp_path):
+    from failstore.errors import SqlRefused, SqlTimeout
+
+    store = Store.init(tmp_path / "s")
+    store.upsert("ingest_errors", _errors([f"u{i}" for i in range(300)]))
+    assert store.sql("SELECT count(*) AS n FROM ingest_errors").to_pylist() == [{"n": 300}]
+    con = store._con
+    with pytest.raises(SqlRefused):
+        store.sql("DELETE FROM ingest_errors")
+    with pytest.raises(SqlTimeout):
+        store.sql(
+            "SELECT count(*) FROM ingest_errors a, ingest_errors b, ingest_errors c, "
+            "ingest_errors d",
+            timeout_s=0.2,
+        )
+    assert store._con is con
+    import duckdb
+
+    with pytest.raises(duckdb.CatalogException):  # unregistered after each query
+        con.sql("SELECT * FROM ingest_errors").fetchall()
+    assert con.sql("SELECT current_setting('enable_external_access')").fetchall() == [(False,)]
+    assert store.sql("SELECT count(*) AS n FROM ingest_errors").to_pylist() == [{"n": 300}]
