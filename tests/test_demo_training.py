@@ -298,7 +298,7 @@ def _tiny_clip(samples: int = 128):
     from failstore.demo.train_clip import ClipConfig
 
     return ClipConfig(
-        embed_dim=32, width=32, layers=1, patch_size=16, text_width=32, text_layers=1,
+        embed_dim=32, width=8, head_width=8, text_width=32, text_layers=1,
         context_length=32, samples=samples, batch_size=64,
     )  # fmt: skip
 

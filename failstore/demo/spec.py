@@ -24,7 +24,7 @@ from failstore.demo.silhouettes import CLASSES as ALL_CLASSES
 from failstore.demo.silhouettes import silhouette_source
 from failstore.errors import InputError
 
-GENERATOR_VERSION = "demo-world-1"
+GENERATOR_VERSION = "demo-world-2"
 WILDCARD = "*"
 MARGIN_SD = 3.0  # a planted slice's expected count must exceed the minimum by 3 sd
 

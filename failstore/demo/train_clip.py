@@ -49,11 +49,14 @@ QUALITY_WORDS = {"grayscale": ("grayscale", "black and white"), "noisy": ("noisy
 @dataclass(frozen=True)
 class ClipConfig:
     embed_dim: int = 128
-    width: int = 128
-    layers: int = 4
-    patch_size: int = 16
+    tower: str = "resnet"  # "resnet": open_clip's ModifiedResNet; "vit": VisionTransformer
+    width: int = 24  # ResNet stem width (channels: 4x..32x after the bottleneck stages)
+    resnet_layers: tuple[int, ...] = (1, 1, 1, 1)
+    head_width: int = 32
+    layers: int = 4  # ViT only
+    patch_size: int = 16  # ViT only
     text_width: int = 128
-    text_layers: int = 4
+    text_layers: int = 3
     context_length: int = 32
     samples: int = 40_000  # training (image, text) pairs seen
     batch_size: int = 256
@@ -70,15 +73,24 @@ class ClipConfig:
         return cls(samples=12_000)
 
     def model_cfg(self) -> dict[str, Any]:
-        return {
-            "embed_dim": self.embed_dim,
-            "vision_cfg": {
+        if self.tower == "resnet":
+            vision: dict[str, Any] = {
+                "image_size": 64,
+                "layers": list(self.resnet_layers),
+                "width": self.width,
+                "head_width": self.head_width,
+            }
+        else:
+            vision = {
                 "image_size": 64,
                 "layers": self.layers,
                 "width": self.width,
                 "patch_size": self.patch_size,
-                "head_width": 32,
-            },
+                "head_width": self.head_width,
+            }
+        return {
+            "embed_dim": self.embed_dim,
+            "vision_cfg": vision,
             "text_cfg": {
                 "context_length": self.context_length,
                 "vocab_size": 49408,

@@ -47,11 +47,12 @@ from failstore.demo.spec import (
     spec_hash,
 )  # fmt: skip
 
-SIZE_FRACTION = {"small": 0.36, "medium": 0.52, "large": 0.72}
+SIZE_FRACTION = {"small": 0.40, "medium": 0.56, "large": 0.74}
 COLOURS = {"brown": (120, 76, 38), "black": (38, 34, 32), "white": (236, 233, 226),
            "gray": (128, 128, 132), "orange": (226, 122, 34)}
 MASK_THRESHOLD = {"zebra": 48}  # zebras are striped: a low threshold keeps the dark stripes
 TRAIN_POOL = 0.7  # share of each class's silhouettes used by non-evaluation splits
+SILHOUETTE_SHARE = 0.35  # the most typical share of each pool's silhouettes is used
 CHUNK = 1024
 SPECS_DIR = Path(__file__).parent / "specs"
 QUALITY_PREFIX = {"clean": "a photo of", "blurry": "a blurry photo of",
@@ -216,8 +217,69 @@ def _filled(bank: SilhouetteBank, cls: str) -> np.ndarray:
     return filled.astype(np.uint8) * 255
 
 
+@lru_cache(maxsize=16)
+def _typical(bank: SilhouetteBank, classes: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """Per class, a typicality margin for every silhouette: the cosine similarity of its
+    (cropped, 16x16, mean-centred) mask with its own class's mean mask minus the highest
+    similarity with another class's mean mask (means are flip-symmetric). Silhouettes with a
+    low margin are odd poses or crops that look like another class."""
+    feats: dict[str, np.ndarray] = {}
+    for cls in classes:
+        gray, filled = bank.images[cls], _filled(bank, cls)
+        rows = []
+        for g, f in zip(gray, filled, strict=True):
+            _, sq = _square_crop(g, f)
+            rows.append(np.asarray(Image.fromarray(sq).resize((16, 16), Image.BILINEAR),
+                                   dtype=np.float32).ravel() / 255.0)
+        feats[cls] = np.stack(rows)
+
+    def unit(x: np.ndarray) -> np.ndarray:
+        x = x - x.mean(axis=-1, keepdims=True)
+        return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-6)
+
+    flip = np.arange(256).reshape(16, 16)[:, ::-1].ravel()
+    means = {c: unit(0.5 * (f.mean(0) + f[:, flip].mean(0))) for c, f in feats.items()}
+    out = {}
+    for cls, f in feats.items():
+        sims = {c: unit(f) @ m for c, m in means.items()}
+        other = np.max([v for c, v in sims.items() if c != cls], axis=0) if len(sims) > 1 \
+            else np.zeros(len(f))
+        out[cls] = sims[cls] - other
+    return out
+
+
+def _candidates(spec: WorldSpec, bank: SilhouetteBank, cls: str, lo: int,
+                hi: int) -> np.ndarray:
+    """The silhouette indices in ``[lo, hi)`` a split draws from: the most typical
+    ``SILHOUETTE_SHARE`` of them (at least one), in index order."""
+    margin = _typical(bank, spec.classes)[cls][lo:hi]
+    keep = max(1, round(SILHOUETTE_SHARE * (hi - lo)))
+    best = np.argsort(-margin, kind="stable")[:keep]
+    return lo + np.sort(best)
+
+
+def _square_crop(gray: np.ndarray, filled: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Crop a silhouette to its mask's bounding box, padded to a square (aspect kept, centred
+    horizontally, standing on the bottom edge): every animal then fills its patch, whatever
+    share of the 28x28 frame the source silhouette used."""
+    rows, cols = np.flatnonzero(filled.any(axis=1)), np.flatnonzero(filled.any(axis=0))
+    if rows.size == 0:
+        return gray, filled
+    y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    h, w = y1 - y0, x1 - x0
+    k = max(h, w)
+    g = np.zeros((k, k), dtype=np.uint8)
+    f = np.zeros((k, k), dtype=np.uint8)
+    oy, ox = k - h, (k - w) // 2
+    g[oy:oy + h, ox:ox + w] = gray[y0:y1, x0:x1]
+    f[oy:oy + h, ox:ox + w] = filled[y0:y1, x0:x1]
+    return g, f
+
+
 def _animal(gray: np.ndarray, filled: np.ndarray, side: int) -> tuple[np.ndarray, np.ndarray]:
-    """The silhouette resized to ``side``: its exact mask and a shading map."""
+    """The silhouette (cropped to its box) resized to ``side``: its exact mask and a shading
+    map."""
+    gray, filled = _square_crop(gray, filled)
     g = np.asarray(Image.fromarray(gray).resize((side, side), Image.BILINEAR), dtype=np.float32)
     m = np.asarray(Image.fromarray(filled).resize((side, side), Image.BILINEAR)) >= 128
     return m, np.maximum(g * (1 / 255.0), 0.35)
@@ -243,7 +305,8 @@ def _render_split(spec: WorldSpec, split: str, codes: dict[str, np.ndarray],
             cls = spec.classes[codes["class"][i]]
             silhouettes = bank.images[cls]
             lo, hi = _pool(spec, split, silhouettes.shape[0])
-            instance[i] = lo + int(r[0] * (hi - lo))
+            cands = _candidates(spec, bank, cls, lo, hi)
+            instance[i] = cands[int(r[0] * len(cands))]
             gray, filled = silhouettes[instance[i]], _filled(bank, cls)[instance[i]]
             if r[1] < 0.5:
                 gray, filled = gray[:, ::-1], filled[:, ::-1]
