@@ -50,9 +50,10 @@ def _skimage_texture(name: str) -> np.ndarray:
     import skimage.data
 
     path = Path(skimage.data.__file__).parent / _SKIMAGE_FILES[name]
-    with Image.open(path) as im:
-        im = im.convert("L")
-        g = np.asarray(im.resize((im.width // 2, im.height // 2), Image.BILINEAR), np.float32)
+    with Image.open(path) as src:
+        im = src.convert("L")
+        half = (im.width // 2, im.height // 2)
+        g = np.asarray(im.resize(half, Image.Resampling.BILINEAR), np.float32)
     lo, hi = np.percentile(g, [1, 99])
     return (g - lo) / max(hi - lo, 1e-6)
 

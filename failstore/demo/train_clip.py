@@ -266,7 +266,8 @@ def encode_images(
     model.eval()
     out = []
     for i in range(0, len(images), batch_size):
-        emb = model.encode_image(norm(norm.unit(images[i : i + batch_size]))).float()
+        encode: Any = model.encode_image
+        emb = encode(norm(norm.unit(images[i : i + batch_size]))).float()
         out.append(nn.functional.normalize(emb, dim=-1))
     return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
 
@@ -385,7 +386,7 @@ def calibrate_clip(
     cal.write_vocabulary(
         vocab_path,
         tags,
-        thresholds,
+        [float(t) for t in thresholds],
         header=f"demo CLIP tagger {Path(clip_dir).name}; thresholds maximise F1 on train; "
         f"test macro-F1 {macro:.3f}",
     )

@@ -229,7 +229,7 @@ def _typical(bank: SilhouetteBank, classes: tuple[str, ...]) -> dict[str, np.nda
         rows = []
         for g, f in zip(gray, filled, strict=True):
             _, sq = _square_crop(g, f)
-            rows.append(np.asarray(Image.fromarray(sq).resize((16, 16), Image.BILINEAR),
+            rows.append(np.asarray(Image.fromarray(sq).resize((16, 16), Image.Resampling.BILINEAR),
                                    dtype=np.float32).ravel() / 255.0)
         feats[cls] = np.stack(rows)
 
@@ -280,8 +280,9 @@ def _animal(gray: np.ndarray, filled: np.ndarray, side: int) -> tuple[np.ndarray
     """The silhouette (cropped to its box) resized to ``side``: its exact mask and a shading
     map."""
     gray, filled = _square_crop(gray, filled)
-    g = np.asarray(Image.fromarray(gray).resize((side, side), Image.BILINEAR), dtype=np.float32)
-    m = np.asarray(Image.fromarray(filled).resize((side, side), Image.BILINEAR)) >= 128
+    bilinear = Image.Resampling.BILINEAR
+    g = np.asarray(Image.fromarray(gray).resize((side, side), bilinear), dtype=np.float32)
+    m = np.asarray(Image.fromarray(filled).resize((side, side), bilinear)) >= 128
     return m, np.maximum(g * (1 / 255.0), 0.35)
 
 
@@ -335,7 +336,8 @@ def _render_split(spec: WorldSpec, split: str, codes: dict[str, np.ndarray],
 
 
 def _boxes(masks: np.ndarray) -> np.ndarray:
-    rows, cols = masks.any(axis=2), masks.any(axis=1)
+    rows: np.ndarray = np.asarray(masks.any(axis=2))
+    cols: np.ndarray = np.asarray(masks.any(axis=1))
     h, w = masks.shape[1:]
     y0, x0 = rows.argmax(axis=1), cols.argmax(axis=1)
     y1, x1 = h - rows[:, ::-1].argmax(axis=1), w - cols[:, ::-1].argmax(axis=1)
