@@ -51,6 +51,7 @@ def test_custom_world_runs_end_to_end(tmp_path, monkeypatch):
     }
     result = run_demo(tmp_path / "store", world=path, log=lambda m: None, workers=0, configs=tiny)
     store = Store(result.store)
+    assert result.metrics["target"]["steps"] == 512 // 64  # the tiny budgets were used
     assert store.count("images") == 480 and store.count("predictions") == 480
     assert [f.planted for f in result.findings] == ["cows off grass"]
     got = store.sql(

@@ -120,6 +120,7 @@ def run_demo(
         quick=quick,
         seed=spec.seed,
         log=log,
+        configs=configs,
     )
     del w, generated
     seconds["models"] = time.perf_counter() - t1
