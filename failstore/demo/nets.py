@@ -8,9 +8,11 @@ with ``forward(x) == head(embed(x))``. Metadata rides along in the ``failstore.j
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -197,6 +199,14 @@ def split_indices(split: np.ndarray) -> dict[str, np.ndarray]:
 # ---------------------------------------------------------------- export
 
 
+@contextlib.contextmanager
+def _quiet_jit() -> Iterator[None]:
+    """torch >= 2.10 flags TorchScript as deprecated; the ingest loaders still read it."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        yield
+
+
 def export_torchscript(
     model: nn.Module,
     path: Path,
@@ -209,7 +219,8 @@ def export_torchscript(
 ) -> Path:
     """Script ``model`` (eval mode) and save it with the ``failstore.json`` metadata."""
     model = model.cpu().eval()
-    scripted = torch.jit.script(model)
+    with _quiet_jit():
+        scripted = torch.jit.script(model)
     meta: dict[str, Any] = {
         "class_names": list(class_names),
         "preprocess": {
@@ -226,7 +237,8 @@ def export_torchscript(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    torch.jit.save(scripted, str(tmp), _extra_files={METADATA_FILE: json.dumps(meta)})
+    with _quiet_jit():
+        torch.jit.save(scripted, str(tmp), _extra_files={METADATA_FILE: json.dumps(meta)})
     tmp.replace(path)
     return path
 
@@ -234,5 +246,6 @@ def export_torchscript(
 def load_torchscript(path: Path) -> tuple[torch.jit.ScriptModule, dict[str, Any]]:
     """Load a model saved by :func:`export_torchscript` and its metadata."""
     files = {METADATA_FILE: ""}
-    module = torch.jit.load(str(path), map_location="cpu", _extra_files=files)
+    with _quiet_jit():
+        module = torch.jit.load(str(path), map_location="cpu", _extra_files=files)
     return module, json.loads(files[METADATA_FILE])
