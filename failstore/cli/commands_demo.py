@@ -101,7 +101,7 @@ def demo(
     """Build a world with planted failures, train its models, ingest it, report the findings.
 
     Worlds and models are cached (FAILSTORE_CACHE, default ~/.cache/failstore); the store is
-    --store or ./failstore-demo.
+    --store, or ./failstore-demo (./failstore-demo-NAME for other worlds, e.g. --quick).
 
     Example: failstore demo --quick
     """

@@ -23,7 +23,7 @@ from failstore import config
 from failstore.store import Store
 
 Log = Callable[[str], None]
-DEFAULT_STORE = "failstore-demo"
+DEFAULT_STORE = "failstore-demo"  # the default world; other worlds get a suffix
 EVAL_SPLIT = "val"  # slices are searched here ...
 HOLDOUT_SPLIT = "test"  # ... and must hold here
 
@@ -100,7 +100,10 @@ def run_demo(
     else:
         spec = default_spec(quick=quick)
     h = spec_hash(spec)
-    store_path = Path(store_path) if store_path else Path(DEFAULT_STORE)
+    if not store_path:  # one store per world: their models share names (target, robust, clip)
+        suffix = "" if spec.name == "default" else f"-{spec.name}"
+        store_path = Path(DEFAULT_STORE + suffix)
+    store_path = Path(store_path)
     world_dir, generated = _world_dir(spec, log)
     seconds["world"] = time.perf_counter() - t0
 
