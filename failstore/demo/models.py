@@ -17,24 +17,20 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from failstore.demo.nets import Log, no_log
 from failstore.demo.train_clip import CONFIG_FILE, WEIGHTS_FILE, ClipConfig, train_clip
 from failstore.demo.train_robust import RobustConfig, train_robust
 from failstore.demo.train_target import TargetConfig, train_target
 
 TRAINER_VERSION = "1"
 METRICS_FILE = "metrics.json"
-Log = Callable[[str], None]
-
-
-def _noop(_: str) -> None:
-    return None
 
 
 def data_fingerprint(
@@ -96,7 +92,7 @@ def train_all(
     cache_dir: Path,
     quick: bool = False,
     seed: int = 0,
-    log: Log = _noop,
+    log: Log = no_log,
     force: bool = False,
     configs: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:

@@ -12,7 +12,7 @@ import contextlib
 import json
 import random
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -197,6 +197,14 @@ def split_indices(split: np.ndarray) -> dict[str, np.ndarray]:
 
 
 # ---------------------------------------------------------------- export
+
+
+Log = Callable[[str], None]
+
+
+def no_log(_: str) -> None:
+    """The default ``log`` of the trainers: say nothing."""
+    return None
 
 
 @contextlib.contextmanager

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -31,16 +31,17 @@ from torch import nn
 
 from failstore.demo import calibrate as cal
 from failstore.demo.nets import (
+    Log,
     Normalizer,
     channel_stats,
     cosine_lr,
+    no_log,
     random_shift,
     seed_everything,
     split_indices,
     to_tensor,
 )
 
-Log = Callable[[str], None]
 CONFIG_FILE = "open_clip_config.json"
 WEIGHTS_FILE = "open_clip_model.safetensors"
 QUALITY_WORDS = {"grayscale": ("grayscale", "black and white"), "noisy": ("noisy", "grainy")}
@@ -99,10 +100,6 @@ class ClipConfig:
                 "layers": self.text_layers,
             },
         }
-
-
-def _noop(_: str) -> None:
-    return None
 
 
 class TextSampler:
@@ -283,7 +280,7 @@ def train_clip(
     vocab_path: Path,
     config: ClipConfig | None = None,
     seed: int = 0,
-    log: Log = _noop,
+    log: Log = no_log,
 ) -> dict[str, Any]:
     """Train on ``train`` pairs, save the ``local-dir`` model to ``out_dir``, reload it the way
     the CLIP loader does, calibrate tag thresholds on train, audit on test, write the vocabulary.
@@ -363,7 +360,7 @@ def calibrate_clip(
     idx: Mapping[str, np.ndarray],
     attributes: Mapping[str, np.ndarray],
     norm: Normalizer,
-    log: Log = _noop,
+    log: Log = no_log,
 ) -> dict[str, Any]:
     """Reload the saved model through open_clip, score every tag (as the loader does), pick
     thresholds on train, audit on test, write the vocabulary file."""

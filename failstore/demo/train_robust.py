@@ -11,7 +11,7 @@ take one signed-gradient step of size ``alpha`` (1.25 eps), project to the L-inf
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -21,19 +21,19 @@ import torch
 from torch import nn
 
 from failstore.demo.nets import (
+    Log,
     Normalizer,
     PooledCNN,
     accuracy,
     channel_stats,
     cosine_lr,
     export_torchscript,
+    no_log,
     random_shift,
     seed_everything,
     split_indices,
     to_tensor,
 )
-
-Log = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -53,10 +53,6 @@ class RobustConfig:
     @classmethod
     def quick(cls) -> RobustConfig:
         return cls(samples=6_000, eval_adv_images=256)
-
-
-def _noop(_: str) -> None:
-    return None
 
 
 def fgsm_rs(
@@ -134,7 +130,7 @@ def train_robust(
     out_path: Path,
     config: RobustConfig | None = None,
     seed: int = 0,
-    log: Log = _noop,
+    log: Log = no_log,
 ) -> dict[str, Any]:
     """Adversarially train on ``train``, report clean accuracies per split and PGD accuracy on
     a test subset, save TorchScript (``embed`` = pooled penultimate features)."""

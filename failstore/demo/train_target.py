@@ -9,7 +9,7 @@ run time does not grow with the world's size.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -20,18 +20,18 @@ from torch import nn
 
 from failstore.demo.nets import (
     BottleneckCNN,
+    Log,
     Normalizer,
     accuracy,
     channel_stats,
     cosine_lr,
     export_torchscript,
+    no_log,
     random_shift,
     seed_everything,
     split_indices,
     to_tensor,
 )
-
-Log = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -51,10 +51,6 @@ class TargetConfig:
         return cls(samples=30_000)
 
 
-def _noop(_: str) -> None:
-    return None
-
-
 def train_target(
     images: np.ndarray,
     labels: np.ndarray,
@@ -63,7 +59,7 @@ def train_target(
     out_path: Path,
     config: TargetConfig | None = None,
     seed: int = 0,
-    log: Log = _noop,
+    log: Log = no_log,
 ) -> dict[str, Any]:
     """Train on the ``train`` split, evaluate on all splits, save TorchScript to ``out_path``.
 
@@ -112,7 +108,7 @@ def fit_classifier(
     cfg: TargetConfig,
     steps: int,
     seed: int,
-    log: Log = _noop,
+    log: Log = no_log,
     name: str = "target",
 ) -> None:
     """Plain cross-entropy training over shuffled mini-batches of a uint8 NCHW tensor."""
