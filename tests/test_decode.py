@@ -422,3 +422,34 @@ def test_closing_an_abandoned_pool_does_not_hang(tmp_path: Path) -> None:
     assert pool._executor is None
     assert all(not p.is_alive() for p in processes)
     assert time.monotonic() - start < 30
+
+
+def test_workers_that_cannot_start_are_one_error_not_an_error_per_image(tmp_path: Path) -> None:
+    """Under 'spawn', a program read from stdin cannot start workers (its __main__ cannot be
+    re-imported). That must stop the ingest with one error, not record every image as bad."""
+    import subprocess
+    import sys
+
+    Image.new("RGB", (8, 8), (200, 10, 10)).save(tmp_path / "a.png")
+    script = (
+        "from failstore.errors import IngestError\n"
+        "from failstore.ingest.decode import DecodePool\n"
+        "from failstore.ingest.protocol import Preprocess\n"
+        "from failstore.ingest.sources import SourceItem\n"
+        f"item = SourceItem({str(tmp_path / 'a.png')!r}, None, None, None, None)\n"
+        "pool = DecodePool([Preprocess(resize=4, crop=4)], workers=1, start_timeout=60)\n"
+        "try:\n"
+        "    print('decoded', list(pool.imap([item])))\n"
+        "except IngestError as e:\n"
+        "    print('ERROR', e)\n"
+    )
+    out = subprocess.run([sys.executable, "-"], input=script, capture_output=True, text=True,
+                         timeout=120, cwd=tmp_path)
+    line = [s for s in out.stdout.splitlines() if s.startswith(("ERROR", "decoded"))]
+    assert len(line) == 1 and line[0].startswith(
+        "ERROR the decode worker processes could not start (BrokenProcessPool: "
+    ), out.stdout + out.stderr
+    assert line[0].endswith(
+        "; run with --workers 0 to decode in this process; under the 'spawn' start method a "
+        "program read from standard input cannot run worker processes"
+    )

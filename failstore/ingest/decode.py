@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from failstore.errors import ConfigError
+from failstore.errors import ConfigError, IngestError
 from failstore.ingest.protocol import Preprocess
 from failstore.ingest.sources import SourceItem
 
@@ -316,6 +316,10 @@ def _worker_init(pil_limit: int | None) -> None:
     ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 
+def _ping() -> bool:
+    return True
+
+
 def _decode_chunk(
     items: list[SourceItem], preprocesses: Sequence[Preprocess], max_pixels: int
 ) -> list[Decoded]:
@@ -339,6 +343,7 @@ class DecodePool:
         *,
         prefetch: int = 2,
         close_timeout: float = 5.0,
+        start_timeout: float = 120.0,
     ) -> None:
         check_preprocesses(preprocesses)
         if workers < 0 or chunk_size < 1 or prefetch < 1:
@@ -352,6 +357,7 @@ class DecodePool:
         self.max_pixels = max_pixels
         self.prefetch = prefetch
         self.close_timeout = close_timeout
+        self.start_timeout = start_timeout
         self._executor: ProcessPoolExecutor | None = None
 
     def __enter__(self) -> DecodePool:
@@ -370,7 +376,21 @@ class DecodePool:
                 initializer=_worker_init,
                 initargs=(Image.MAX_IMAGE_PIXELS,),
             )
+            self._check_started(self._executor)
         return self._executor
+
+    def _check_started(self, executor: ProcessPoolExecutor) -> None:
+        """A pool whose workers cannot start fails every task: that is one error for the whole
+        ingest, not a decode error per image. Raised before any image is decoded."""
+        try:
+            executor.submit(_ping).result(timeout=self.start_timeout)
+        except Exception as e:  # BrokenProcessPool, TimeoutError, pickling errors
+            self.close()
+            raise IngestError(
+                f"the decode worker processes could not start ({type(e).__name__}: {e})",
+                hint="run with --workers 0 to decode in this process; under the 'spawn' start "
+                "method a program read from standard input cannot run worker processes",
+            ) from e
 
     def _submit(self, chunk: list[SourceItem]) -> Future[list[Decoded]]:
         try:
