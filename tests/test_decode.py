@@ -443,8 +443,14 @@ def test_workers_that_cannot_start_are_one_error_not_an_error_per_image(tmp_path
         "except IngestError as e:\n"
         "    print('ERROR', e)\n"
     )
-    out = subprocess.run([sys.executable, "-"], input=script, capture_output=True, text=True,
-                         timeout=120, cwd=tmp_path)
+    out = subprocess.run(
+        [sys.executable, "-"],
+        input=script,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     line = [s for s in out.stdout.splitlines() if s.startswith(("ERROR", "decoded"))]
     assert len(line) == 1 and line[0].startswith(
         "ERROR the decode worker processes could not start (BrokenProcessPool: "
