@@ -29,7 +29,7 @@ from failstore.demo.train_clip import CONFIG_FILE, WEIGHTS_FILE, ClipConfig, tra
 from failstore.demo.train_robust import RobustConfig, train_robust
 from failstore.demo.train_target import TargetConfig, train_target
 
-TRAINER_VERSION = "1"
+TRAINER_VERSION = "2"
 METRICS_FILE = "metrics.json"
 
 

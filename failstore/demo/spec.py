@@ -24,7 +24,7 @@ from failstore.demo.silhouettes import CLASSES as ALL_CLASSES
 from failstore.demo.silhouettes import silhouette_source
 from failstore.errors import InputError
 
-GENERATOR_VERSION = "demo-world-2"
+GENERATOR_VERSION = "demo-world-3"
 WILDCARD = "*"
 MARGIN_SD = 3.0  # a planted slice's expected count must exceed the minimum by 3 sd
 
@@ -42,7 +42,8 @@ TOP_KEYS = (
     "name", "seed", "image_size", "classes", "sizes", "eval_splits", "min_slice_count",
     "silhouettes", "distributions", "rules",
 )  # fmt: skip
-RULE_KEYS = ("name", "split", "when", "set", "class", "slice_name", "slice_classes")
+RULE_KEYS = ("name", "split", "when", "set", "class", "slice_name", "slice_classes",
+             "looks_like")
 
 Dist = dict[str, float]
 
@@ -59,6 +60,7 @@ class Rule:
     class_dist: Dist | None = None  # raw class distribution (may hold "*")
     slice_name: str | None = None
     slice_classes: tuple[str, ...] | None = None
+    looks_like: tuple[str, ...] | None = None  # class rules: draw silhouettes resembling these
 
     @property
     def kind(self) -> str:
@@ -100,6 +102,8 @@ class WorldSpec:
                 d["slice_name"] = r.slice_name
             if r.slice_classes is not None:
                 d["slice_classes"] = list(r.slice_classes)
+            if r.looks_like is not None:
+                d["looks_like"] = list(r.looks_like)
             rules.append(d)
         return {
             "name": self.name, "seed": self.seed, "image_size": self.image_size,
@@ -302,7 +306,13 @@ def _parse_rule(i: int, raw: Any, spec_parts: dict[str, Any], src: str) -> Rule:
         slice_classes = tuple(_str_list(raw["slice_classes"], src, f"{path}.slice_classes",
                                         classes))
     slice_name = _opt_str(raw, "slice_name", None, src, f"{path}.slice_name")
-    return Rule(i, name, splits, when, sets, class_dist, slice_name, slice_classes)
+    looks_like = None
+    if "looks_like" in raw:
+        if class_dist is None:
+            raise _fail(src, f"{path}.looks_like", "only a 'class' rule can say what the animals "
+                        "it assigns look like")
+        looks_like = tuple(_str_list(raw["looks_like"], src, f"{path}.looks_like", classes))
+    return Rule(i, name, splits, when, sets, class_dist, slice_name, slice_classes, looks_like)
 
 
 def load_spec(path_or_dict: Any) -> WorldSpec:

@@ -26,6 +26,7 @@ from failstore.demo.nets import (
     PooledCNN,
     accuracy,
     channel_stats,
+    channels_last,
     cosine_lr,
     export_torchscript,
     no_log,
@@ -112,7 +113,7 @@ def adversarial_accuracy(
     gen = torch.Generator().manual_seed(seed + 1)
     correct = 0
     for i in range(0, len(labels), batch_size):
-        x01 = norm.unit(images[i : i + batch_size])
+        x01 = channels_last(norm.unit(images[i : i + batch_size]))
         y = labels[i : i + batch_size]
         adv = pgd_attack(model, x01, y, norm, eps, steps, gen)
         with torch.no_grad():
@@ -152,13 +153,13 @@ def train_robust(
     steps = max(1, cfg.samples // cfg.batch_size)
     n, pos, running = len(x_train), 0, 0.0
     perm = torch.randperm(n, generator=gen)
-    model.train()
+    model.to(memory_format=torch.channels_last).train()
     for step in range(steps):
         if pos + cfg.batch_size > n and pos > 0:
             perm, pos = torch.randperm(n, generator=gen), 0
         bi = perm[pos : pos + cfg.batch_size]
         pos += cfg.batch_size
-        x01 = norm.unit(random_shift(x_train[bi], cfg.shift, gen))
+        x01 = channels_last(norm.unit(random_shift(x_train[bi], cfg.shift, gen)))
         for group in opt.param_groups:
             group["lr"] = cosine_lr(step, steps, cfg.lr, cfg.warmup_steps)
         # ramp eps up over the first 20% of steps (stabilises early adversarial training)

@@ -24,6 +24,7 @@ from failstore.demo.nets import (
     Normalizer,
     accuracy,
     channel_stats,
+    channels_last,
     cosine_lr,
     export_torchscript,
     no_log,
@@ -48,7 +49,7 @@ class TargetConfig:
 
     @classmethod
     def quick(cls) -> TargetConfig:
-        return cls(samples=30_000)
+        return cls(samples=48_000, lr=6e-3)
 
 
 def train_target(
@@ -114,7 +115,7 @@ def fit_classifier(
     """Plain cross-entropy training over shuffled mini-batches of a uint8 NCHW tensor."""
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    model.train()
+    model.to(memory_format=torch.channels_last).train()
     n = len(x_train)
     perm = torch.randperm(n, generator=gen)
     pos = 0
@@ -124,7 +125,7 @@ def fit_classifier(
             perm, pos = torch.randperm(n, generator=gen), 0
         bi = perm[pos : pos + cfg.batch_size]
         pos += cfg.batch_size
-        xb = norm(norm.unit(random_shift(x_train[bi], cfg.shift, gen)))
+        xb = channels_last(norm(norm.unit(random_shift(x_train[bi], cfg.shift, gen))))
         for group in opt.param_groups:
             group["lr"] = cosine_lr(step, steps, cfg.lr, cfg.warmup_steps)
         loss = nn.functional.cross_entropy(model(xb), y_train[bi])

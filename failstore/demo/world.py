@@ -160,8 +160,10 @@ def _apply_set_rules(spec: WorldSpec, rules: list[Rule], split: str,
 
 def sample_split(spec: WorldSpec, split: str, n: int,
                  rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Codes (indices into the values) of "class" and every attribute for ``n`` images."""
+    """Codes (indices into the values) of "class" and every attribute for ``n`` images, and
+    ``"look"``: the index of the ``looks_like`` class rule that assigned the class, else -1."""
     codes = {k: _draw(rng, spec.probs(split, k), n) for k in ("class", *ATTRIBUTES)}
+    codes["look"] = np.full(n, -1, dtype=np.int64)
     rules = [r for r in spec.rules if split in r.splits]
     set_rules = [r for r in rules if r.kind == "set"]
     _apply_set_rules(spec, set_rules, split, codes, np.arange(n), rng)
@@ -173,6 +175,8 @@ def sample_split(spec: WorldSpec, split: str, n: int,
         new = _draw(rng, np.array([dist[c] for c in spec.classes]), sel.size)
         changed = sel[new != codes["class"][sel]]
         codes["class"][sel] = new
+        if rule.looks_like:
+            codes["look"][sel] = rule.index
         pinned = frozenset(rule.when)
         for attr in ATTRIBUTES:
             if attr not in pinned:
@@ -218,11 +222,9 @@ def _filled(bank: SilhouetteBank, cls: str) -> np.ndarray:
 
 
 @lru_cache(maxsize=16)
-def _typical(bank: SilhouetteBank, classes: tuple[str, ...]) -> dict[str, np.ndarray]:
-    """Per class, a typicality margin for every silhouette: the cosine similarity of its
-    (cropped, 16x16, mean-centred) mask with its own class's mean mask minus the highest
-    similarity with another class's mean mask (means are flip-symmetric). Silhouettes with a
-    low margin are odd poses or crops that look like another class."""
+def _similarity(bank: SilhouetteBank, classes: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """Per class, (silhouettes, classes): the cosine similarity of each silhouette's (cropped,
+    16x16, mean-centred) mask with every class's mean mask (means are flip-symmetric)."""
     feats: dict[str, np.ndarray] = {}
     for cls in classes:
         gray, filled = bank.images[cls], _filled(bank, cls)
@@ -238,23 +240,31 @@ def _typical(bank: SilhouetteBank, classes: tuple[str, ...]) -> dict[str, np.nda
         return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-6)
 
     flip = np.arange(256).reshape(16, 16)[:, ::-1].ravel()
-    means = {c: unit(0.5 * (f.mean(0) + f[:, flip].mean(0))) for c, f in feats.items()}
-    out = {}
-    for cls, f in feats.items():
-        sims = {c: unit(f) @ m for c, m in means.items()}
-        other = np.max([v for c, v in sims.items() if c != cls], axis=0) if len(sims) > 1 \
-            else np.zeros(len(f))
-        out[cls] = sims[cls] - other
-    return out
+    means = np.stack([unit(0.5 * (f.mean(0) + f[:, flip].mean(0))) for f in feats.values()])
+    return {cls: unit(f) @ means.T for cls, f in feats.items()}
 
 
-def _candidates(spec: WorldSpec, bank: SilhouetteBank, cls: str, lo: int,
-                hi: int) -> np.ndarray:
-    """The silhouette indices in ``[lo, hi)`` a split draws from: the most typical
-    ``SILHOUETTE_SHARE`` of them (at least one), in index order."""
-    margin = _typical(bank, spec.classes)[cls][lo:hi]
+def _score(bank: SilhouetteBank, classes: tuple[str, ...], cls: str,
+           like: tuple[str, ...] = ()) -> np.ndarray:
+    """How well each silhouette of ``cls`` suits its role. Typical (``like`` empty): similarity
+    with its own class's mean minus the highest with another class's (a low margin marks odd
+    poses or crops that look like another class). Look-alike: the highest similarity with a
+    ``like`` class's mean minus that with its own (the most ``like``-looking ones first)."""
+    sims = _similarity(bank, classes)[cls]
+    own = sims[:, classes.index(cls)]
+    if like:
+        return sims[:, [classes.index(c) for c in like]].max(axis=1) - own
+    others = np.delete(sims, classes.index(cls), axis=1)
+    return own - (others.max(axis=1) if others.shape[1] else 0.0)
+
+
+def _candidates(spec: WorldSpec, bank: SilhouetteBank, cls: str, lo: int, hi: int,
+                like: tuple[str, ...] = ()) -> np.ndarray:
+    """The silhouette indices in ``[lo, hi)`` a split draws from: the best-scoring
+    ``SILHOUETTE_SHARE`` of them by ``_score`` (at least one), in index order."""
+    score = _score(bank, spec.classes, cls, tuple(c for c in like if c != cls))[lo:hi]
     keep = max(1, round(SILHOUETTE_SHARE * (hi - lo)))
-    best = np.argsort(-margin, kind="stable")[:keep]
+    best = np.argsort(-score, kind="stable")[:keep]
     return lo + np.sort(best)
 
 
@@ -306,7 +316,9 @@ def _render_split(spec: WorldSpec, split: str, codes: dict[str, np.ndarray],
             cls = spec.classes[codes["class"][i]]
             silhouettes = bank.images[cls]
             lo, hi = _pool(spec, split, silhouettes.shape[0])
-            cands = _candidates(spec, bank, cls, lo, hi)
+            look = int(codes["look"][i])
+            like = spec.rules[look].looks_like or () if look >= 0 else ()
+            cands = _candidates(spec, bank, cls, lo, hi, like)
             instance[i] = cands[int(r[0] * len(cands))]
             gray, filled = silhouettes[instance[i]], _filled(bank, cls)[instance[i]]
             if r[1] < 0.5:
