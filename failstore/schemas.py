@@ -126,3 +126,6 @@ KEYS: dict[str, list[str]] = {
 }
 
 CORE_TABLES = ("images", "predictions", "models", "ingest_errors")
+# Tables written by analyses and the demo (they may not exist yet): saved queries cannot take
+# these names either. Every ``Analysis.result_table`` is listed here (a test checks).
+RESULT_TABLES = ("prime_slices", "tagger_audit", "model_metrics")

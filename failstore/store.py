@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from failstore import config, schemas
-from failstore.errors import StoreError
+from failstore.errors import SqlRefused, StoreError
 
 if TYPE_CHECKING:  # pragma: no cover
     import lance
@@ -236,6 +236,8 @@ class Store:
         from failstore.queries.guard import guard
 
         names = self.table_names()
+        if query.name.lower() in {n.lower() for n in names}:
+            raise SqlRefused(f"query name {query.name!r} is a table name; choose another name")
         stored = self.stored_queries()
         stored.pop(query.name, None)
         placeholders = {p.name: p.default or "NULL" for p in query.parameters}

@@ -151,3 +151,11 @@ def test_saving_a_write_query_is_refused(store):
     r = run("--store", str(store.path), "queries", "save", "evil", "DELETE FROM ingest_errors")
     assert r.returncode == 1 and "DELETE is not allowed" in r.stderr
     assert store.count("ingest_errors") == 2 and not store.has_table("saved_queries")
+
+
+def test_a_saved_query_cannot_shadow_a_table_of_the_store(store):
+    store.replace("my_results", pa.table({"x": [1]}))
+    r = run("--store", str(store.path), "queries", "save", "My_Results", "SELECT 1 AS x")
+    assert r.returncode == 1
+    assert r.stderr == "error: query name 'My_Results' is a table name; choose another name\n"
+    assert not store.has_table("saved_queries")

@@ -190,3 +190,13 @@ def test_cli_json_has_exactly_the_documented_fields(store):
         "holds",
     ]
     assert rows[0]["tags"] == ["small", "snow"]
+
+
+def test_every_analysis_result_table_is_a_reserved_name():
+    import failstore.queries.slices  # noqa: F401  (registers the subclass)
+    from failstore.queries.analysis import Analysis
+
+    subclasses = Analysis.__subclasses__()
+    assert subclasses
+    for cls in subclasses:
+        assert cls.result_table in schemas.RESULT_TABLES, cls

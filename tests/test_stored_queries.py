@@ -127,6 +127,10 @@ def test_row_round_trip() -> None:
             ("saved_queries", "SELECT 1"),
             "query name 'saved_queries' is a table name; choose another name",
         ),
+        (
+            ("prime_slices", "SELECT 1"),
+            "query name 'prime_slices' is a table name; choose another name",
+        ),
         (("samples", "SELECT 1"), "query name 'samples' is a built-in query; choose another name"),
         (
             ("my-query", "SELECT 1"),

@@ -36,7 +36,7 @@ from sqlglot import exp
 from sqlglot.errors import ParseError
 
 from failstore.errors import InputError, SqlRefused
-from failstore.schemas import CORE_TABLES, KEYS
+from failstore.schemas import CORE_TABLES, KEYS, RESULT_TABLES
 
 NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 HEADER_RE = re.compile(r"^--\s*([A-Za-z_]+)\s*:\s?(.*)$")
@@ -245,7 +245,7 @@ def make_user_query(
         raise SqlRefused(
             f"bad query name {name!r}", hint="use letters, digits and underscores, e.g. my_query"
         )
-    taken = {*CORE_TABLES, *KEYS}
+    taken = {*CORE_TABLES, *KEYS, *RESULT_TABLES}
     if name.lower() in taken:
         raise SqlRefused(f"query name {name!r} is a table name; choose another name")
     if name.lower() in builtin_queries():
