@@ -16,9 +16,10 @@ import yaml
 from PIL import Image
 
 from failstore.demo import silhouettes
+from failstore.demo.silhouette_choice import suitability
 from failstore.demo.silhouettes import load_bank
 from failstore.demo.spec import ATTRIBUTES, load_spec, planted_slices, spec_hash
-from failstore.demo.world import _score, default_spec, generate, quick_spec, write_world
+from failstore.demo.world import default_spec, generate, quick_spec, write_world
 from failstore.errors import InputError
 
 
@@ -57,7 +58,7 @@ def test_rules_hold_in_train_and_not_in_eval(world):
     assert (small_snow & train).sum() > 600  # snow and small are over-sampled in train
     assert set(names[small_snow & train]) == {"cat"}
     # ... and those cats are drawn with the most dog-like cat silhouettes (looks_like: dog)
-    dogness = _score(load_bank(world.spec.silhouettes), world.spec.classes, "cat", ("dog",))
+    dogness = suitability(load_bank(world.spec.silhouettes), world.spec.classes, "cat", ("dog",))
     cat_train = (names == "cat") & train
     region, rest = world.instance[cat_train & small_snow], world.instance[cat_train & ~small_snow]
     assert dogness[region].min() > np.median(dogness[rest])

@@ -17,13 +17,11 @@ import struct
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from PIL import Image
 from scipy import ndimage as ndi
 
 from failstore.demo.backgrounds import (
@@ -33,6 +31,7 @@ from failstore.demo.backgrounds import (
     place_patch,
     render_backgrounds,
 )  # fmt: skip
+from failstore.demo.silhouette_choice import animal_patch, candidates, filled_masks, pool_range
 from failstore.demo.silhouettes import SilhouetteBank, load_bank
 from failstore.demo.spec import (
     ATTRIBUTES,
@@ -50,9 +49,6 @@ from failstore.demo.spec import (
 SIZE_FRACTION = {"small": 0.40, "medium": 0.56, "large": 0.74}
 COLOURS = {"brown": (120, 76, 38), "black": (38, 34, 32), "white": (236, 233, 226),
            "gray": (128, 128, 132), "orange": (226, 122, 34)}
-MASK_THRESHOLD = {"zebra": 48}  # zebras are striped: a low threshold keeps the dark stripes
-TRAIN_POOL = 0.7  # share of each class's silhouettes used by non-evaluation splits
-SILHOUETTE_SHARE = 0.35  # the most typical share of each pool's silhouettes is used
 CHUNK = 1024
 SPECS_DIR = Path(__file__).parent / "specs"
 QUALITY_PREFIX = {"clean": "a photo of", "blurry": "a blurry photo of",
@@ -199,103 +195,6 @@ def _split_seed(spec: WorldSpec, split: str, stream: int) -> np.random.Generator
     return np.random.default_rng([spec.seed, zlib.crc32(split.encode()), stream])
 
 
-def _pool(spec: WorldSpec, split: str, k: int) -> tuple[int, int]:
-    """The range of silhouette indices a split draws from: evaluation splits get disjoint
-    shares of the last 30%, the other splits share the first 70%."""
-    if not spec.eval_splits:
-        return 0, k
-    cut = int(k * TRAIN_POOL)
-    if split not in spec.eval_splits:
-        return 0, cut
-    j, m = spec.eval_splits.index(split), len(spec.eval_splits)
-    return cut + (k - cut) * j // m, cut + (k - cut) * (j + 1) // m
-
-
-@lru_cache(maxsize=64)
-def _filled(bank: SilhouetteBank, cls: str) -> np.ndarray:
-    """Each silhouette's 28x28 mask (threshold, holes filled) as uint8 0/255."""
-    gray = bank.images[cls]
-    plane = np.zeros((3, 3, 3), dtype=bool)
-    plane[1] = ndi.generate_binary_structure(2, 1)  # fill holes within each image only
-    filled = ndi.binary_fill_holes(gray >= MASK_THRESHOLD.get(cls, 128), structure=plane)
-    return filled.astype(np.uint8) * 255
-
-
-@lru_cache(maxsize=16)
-def _similarity(bank: SilhouetteBank, classes: tuple[str, ...]) -> dict[str, np.ndarray]:
-    """Per class, (silhouettes, classes): the cosine similarity of each silhouette's (cropped,
-    16x16, mean-centred) mask with every class's mean mask (means are flip-symmetric)."""
-    feats: dict[str, np.ndarray] = {}
-    for cls in classes:
-        gray, filled = bank.images[cls], _filled(bank, cls)
-        rows = []
-        for g, f in zip(gray, filled, strict=True):
-            _, sq = _square_crop(g, f)
-            rows.append(np.asarray(Image.fromarray(sq).resize((16, 16), Image.Resampling.BILINEAR),
-                                   dtype=np.float32).ravel() / 255.0)
-        feats[cls] = np.stack(rows)
-
-    def unit(x: np.ndarray) -> np.ndarray:
-        x = x - x.mean(axis=-1, keepdims=True)
-        return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-6)
-
-    flip = np.arange(256).reshape(16, 16)[:, ::-1].ravel()
-    means = np.stack([unit(0.5 * (f.mean(0) + f[:, flip].mean(0))) for f in feats.values()])
-    return {cls: unit(f) @ means.T for cls, f in feats.items()}
-
-
-def _score(bank: SilhouetteBank, classes: tuple[str, ...], cls: str,
-           like: tuple[str, ...] = ()) -> np.ndarray:
-    """How well each silhouette of ``cls`` suits its role. Typical (``like`` empty): similarity
-    with its own class's mean minus the highest with another class's (a low margin marks odd
-    poses or crops that look like another class). Look-alike: the highest similarity with a
-    ``like`` class's mean minus that with its own (the most ``like``-looking ones first)."""
-    sims = _similarity(bank, classes)[cls]
-    own = sims[:, classes.index(cls)]
-    if like:
-        return sims[:, [classes.index(c) for c in like]].max(axis=1) - own
-    others = np.delete(sims, classes.index(cls), axis=1)
-    return own - (others.max(axis=1) if others.shape[1] else 0.0)
-
-
-def _candidates(spec: WorldSpec, bank: SilhouetteBank, cls: str, lo: int, hi: int,
-                like: tuple[str, ...] = ()) -> np.ndarray:
-    """The silhouette indices in ``[lo, hi)`` a split draws from: the best-scoring
-    ``SILHOUETTE_SHARE`` of them by ``_score`` (at least one), in index order."""
-    score = _score(bank, spec.classes, cls, tuple(c for c in like if c != cls))[lo:hi]
-    keep = max(1, round(SILHOUETTE_SHARE * (hi - lo)))
-    best = np.argsort(-score, kind="stable")[:keep]
-    return lo + np.sort(best)
-
-
-def _square_crop(gray: np.ndarray, filled: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Crop a silhouette to its mask's bounding box, padded to a square (aspect kept, centred
-    horizontally, standing on the bottom edge): every animal then fills its patch, whatever
-    share of the 28x28 frame the source silhouette used."""
-    rows, cols = np.flatnonzero(filled.any(axis=1)), np.flatnonzero(filled.any(axis=0))
-    if rows.size == 0:
-        return gray, filled
-    y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
-    h, w = y1 - y0, x1 - x0
-    k = max(h, w)
-    g = np.zeros((k, k), dtype=np.uint8)
-    f = np.zeros((k, k), dtype=np.uint8)
-    oy, ox = k - h, (k - w) // 2
-    g[oy:oy + h, ox:ox + w] = gray[y0:y1, x0:x1]
-    f[oy:oy + h, ox:ox + w] = filled[y0:y1, x0:x1]
-    return g, f
-
-
-def _animal(gray: np.ndarray, filled: np.ndarray, side: int) -> tuple[np.ndarray, np.ndarray]:
-    """The silhouette (cropped to its box) resized to ``side``: its exact mask and a shading
-    map."""
-    gray, filled = _square_crop(gray, filled)
-    bilinear = Image.Resampling.BILINEAR
-    g = np.asarray(Image.fromarray(gray).resize((side, side), bilinear), dtype=np.float32)
-    m = np.asarray(Image.fromarray(filled).resize((side, side), bilinear)) >= 128
-    return m, np.maximum(g * (1 / 255.0), 0.35)
-
-
 def _render_split(spec: WorldSpec, split: str, codes: dict[str, np.ndarray],
                   bank: SilhouetteBank, images: np.ndarray, masks: np.ndarray,
                   instance: np.ndarray) -> None:
@@ -315,12 +214,12 @@ def _render_split(spec: WorldSpec, split: str, codes: dict[str, np.ndarray],
             r, img = u[i], chunk[i - start]
             cls = spec.classes[codes["class"][i]]
             silhouettes = bank.images[cls]
-            lo, hi = _pool(spec, split, silhouettes.shape[0])
+            lo, hi = pool_range(spec, split, silhouettes.shape[0])
             look = int(codes["look"][i])
             like = spec.rules[look].looks_like or () if look >= 0 else ()
-            cands = _candidates(spec, bank, cls, lo, hi, like)
+            cands = candidates(spec, bank, cls, lo, hi, like)
             instance[i] = cands[int(r[0] * len(cands))]
-            gray, filled = silhouettes[instance[i]], _filled(bank, cls)[instance[i]]
+            gray, filled = silhouettes[instance[i]], filled_masks(bank, cls)[instance[i]]
             if r[1] < 0.5:
                 gray, filled = gray[:, ::-1], filled[:, ::-1]
             size_name = ATTRIBUTES["attr_size"][codes["attr_size"][i]]
@@ -331,7 +230,8 @@ def _render_split(spec: WorldSpec, split: str, codes: dict[str, np.ndarray],
             if kind != "none":
                 ox, oy = object_spot(x0 + side / 2, y0 + side / 2, size, r)
                 draw_object(img, kind, ox, oy, size, r[9:13])
-            mask, shade = _animal(np.ascontiguousarray(gray), np.ascontiguousarray(filled), side)
+            gray, filled = np.ascontiguousarray(gray), np.ascontiguousarray(filled)
+            mask, shade = animal_patch(gray, filled, side)
             rows = np.arange(side, dtype=np.float32)[:, None] / side
             light = 1.15 - 0.35 * rows
             fy, fx = int(r[13] * size), int(r[14] * size)
