@@ -51,7 +51,7 @@ def main() -> None:
 
     import torch
 
-    from failstore.ingest.decode import DecodePool
+    from failstore.ingest.decode_pool import DecodePool
     from failstore.ingest.models import resolve
     from failstore.ingest.pipeline import IngestOptions, _normalise, ingest
     from failstore.ingest.sources import open_source

@@ -17,7 +17,8 @@ import pytest
 from PIL import Image, ImageFile
 
 from failstore.errors import ConfigError
-from failstore.ingest.decode import BadImage, Decoded, DecodePool, decode_one, hash_only, to_rgb
+from failstore.ingest.decode import BadImage, Decoded, decode_one, hash_only, to_rgb
+from failstore.ingest.decode_pool import DecodePool
 from failstore.ingest.protocol import Preprocess
 from failstore.ingest.sources import SourceItem
 
@@ -433,7 +434,7 @@ def test_workers_that_cannot_start_are_one_error_not_an_error_per_image(tmp_path
     Image.new("RGB", (8, 8), (200, 10, 10)).save(tmp_path / "a.png")
     script = (
         "from failstore.errors import IngestError\n"
-        "from failstore.ingest.decode import DecodePool\n"
+        "from failstore.ingest.decode_pool import DecodePool\n"
         "from failstore.ingest.protocol import Preprocess\n"
         "from failstore.ingest.sources import SourceItem\n"
         f"item = SourceItem({str(tmp_path / 'a.png')!r}, None, None, None, None)\n"

@@ -15,20 +15,15 @@ from __future__ import annotations
 import hashlib
 import io
 import re
-import time
 import warnings
-from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from itertools import islice
 from typing import Any
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from failstore.errors import ConfigError, IngestError
+from failstore.errors import ConfigError
 from failstore.ingest.protocol import Preprocess
 from failstore.ingest.sources import SourceItem
 
@@ -61,7 +56,7 @@ class BadImage(Exception):
     """Raised inside this module for a bad file; its message is the one-line reason."""
 
 
-def _one_line(text: object) -> str:
+def one_line(text: object) -> str:
     return " ".join(str(text).split())
 
 
@@ -113,7 +108,7 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
         except UnidentifiedImageError:
             raise BadImage("cannot identify the image format (corrupt or not an image)") from None
         except Exception as e:
-            raise BadImage(f"cannot open image: {_one_line(e)}") from None
+            raise BadImage(f"cannot open image: {one_line(e)}") from None
     pixels = im.size[0] * im.size[1]
     if pixels > limit:
         raise _bomb(pixels, limit)
@@ -130,7 +125,7 @@ def _load(data: bytes, max_pixels: int) -> tuple[Image.Image, int | None]:
         try:
             im.load()
         except Exception as e:
-            raise BadImage(f"truncated or corrupt image data: {_one_line(e)}") from None
+            raise BadImage(f"truncated or corrupt image data: {one_line(e)}") from None
     bits = _declared_bits(im)
     try:
         return ImageOps.exif_transpose(im), bits
@@ -280,10 +275,10 @@ def decode_one(
             out.mask_png = _mask_png(item.mask_path, im.size, max_pixels)
         out.arrays = _arrays(rgb, preprocesses)
     except BadImage as e:
-        out.arrays, out.mask_png, out.error = {}, None, _one_line(e)
+        out.arrays, out.mask_png, out.error = {}, None, one_line(e)
     except Exception as e:
         out.arrays, out.mask_png = {}, None
-        out.error = _one_line(f"unexpected error while decoding: {type(e).__name__}: {e}")
+        out.error = one_line(f"unexpected error while decoding: {type(e).__name__}: {e}")
     return out
 
 
@@ -302,168 +297,10 @@ def hash_only(item: SourceItem, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Deco
             orientation = None
         out.width, out.height = (h, w) if orientation in _SWAP_ORIENTATIONS else (w, h)
     except BadImage as e:
-        out.error = _one_line(e)
+        out.error = one_line(e)
     except Exception as e:
-        out.error = _one_line(f"unexpected error while reading: {type(e).__name__}: {e}")
+        out.error = one_line(f"unexpected error while reading: {type(e).__name__}: {e}")
     return out
 
 
 # --------------------------------------------------------------------------- worker pool
-
-
-def _worker_init(pil_limit: int | None) -> None:
-    Image.MAX_IMAGE_PIXELS = pil_limit
-    ImageFile.LOAD_TRUNCATED_IMAGES = False
-
-
-def _ping() -> bool:
-    return True
-
-
-def _decode_chunk(
-    items: list[SourceItem], preprocesses: Sequence[Preprocess], max_pixels: int
-) -> list[Decoded]:
-    return [decode_one(i, preprocesses, max_pixels=max_pixels) for i in items]
-
-
-class DecodePool:
-    """Ordered decoding, inline (``workers=0``) or in ``spawn`` worker processes.
-
-    At most ``workers * prefetch`` chunks of ``chunk_size`` items are in flight, so ``imap``
-    consumes its input lazily. A worker that dies (segfault, OOM kill) turns the images of its
-    chunk into errors ("decode worker process died ...") after they are retried one by one.
-    """
-
-    def __init__(
-        self,
-        preprocesses: Sequence[Preprocess],
-        workers: int = 0,
-        chunk_size: int = 16,
-        max_pixels: int = DEFAULT_MAX_PIXELS,
-        *,
-        prefetch: int = 2,
-        close_timeout: float = 5.0,
-        start_timeout: float = 120.0,
-    ) -> None:
-        check_preprocesses(preprocesses)
-        if workers < 0 or chunk_size < 1 or prefetch < 1:
-            raise ConfigError(
-                f"decode pool needs workers >= 0, chunk_size >= 1 and prefetch >= 1, got "
-                f"workers={workers} chunk_size={chunk_size} prefetch={prefetch}"
-            )
-        self.preprocesses = list(preprocesses)
-        self.workers = workers
-        self.chunk_size = chunk_size
-        self.max_pixels = max_pixels
-        self.prefetch = prefetch
-        self.close_timeout = close_timeout
-        self.start_timeout = start_timeout
-        self._executor: ProcessPoolExecutor | None = None
-
-    def __enter__(self) -> DecodePool:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def _pool(self) -> ProcessPoolExecutor:
-        if self._executor is None:
-            import multiprocessing
-
-            self._executor = ProcessPoolExecutor(
-                max_workers=self.workers,
-                mp_context=multiprocessing.get_context("spawn"),
-                initializer=_worker_init,
-                initargs=(Image.MAX_IMAGE_PIXELS,),
-            )
-            self._check_started(self._executor)
-        return self._executor
-
-    def _check_started(self, executor: ProcessPoolExecutor) -> None:
-        """A pool whose workers cannot start fails every task: that is one error for the whole
-        ingest, not a decode error per image. Raised before any image is decoded."""
-        try:
-            executor.submit(_ping).result(timeout=self.start_timeout)
-        except Exception as e:  # BrokenProcessPool, TimeoutError, pickling errors
-            self.close()
-            raise IngestError(
-                f"the decode worker processes could not start ({type(e).__name__}: {e})",
-                hint="run with --workers 0 to decode in this process; under the 'spawn' start "
-                "method a program read from standard input cannot run worker processes",
-            ) from e
-
-    def _submit(self, chunk: list[SourceItem]) -> Future[list[Decoded]]:
-        try:
-            return self._pool().submit(_decode_chunk, chunk, self.preprocesses, self.max_pixels)
-        except BrokenProcessPool:  # a worker died; its futures fail and are retried in imap
-            self.close()
-            return self._pool().submit(_decode_chunk, chunk, self.preprocesses, self.max_pixels)
-
-    def _retry_one_by_one(self, chunk: list[SourceItem]) -> list[Decoded]:
-        self.close()  # the pool is (probably) broken: start a fresh one
-        results = []
-        for item in chunk:
-            try:
-                results += self._submit([item]).result()
-            except Exception as e:
-                self.close()
-                reason = (
-                    f"decode worker process died while decoding this image ({type(e).__name__})"
-                )
-                if not isinstance(e, BrokenProcessPool):
-                    reason = f"could not decode in a worker process: {type(e).__name__}: {e}"
-                results.append(Decoded(item=item, image_id=None, error=_one_line(reason)))
-        return results
-
-    def imap(self, items: Iterable[SourceItem]) -> Iterator[Decoded]:
-        """Decoded results in input order; bad images come back with ``error`` set."""
-        if self.workers == 0:
-            for item in items:
-                yield decode_one(item, self.preprocesses, max_pixels=self.max_pixels)
-            return
-        source = iter(items)
-        pending: deque[tuple[list[SourceItem], Future[list[Decoded]]]] = deque()
-
-        def fill() -> None:
-            while len(pending) < self.workers * self.prefetch:
-                chunk = list(islice(source, self.chunk_size))
-                if not chunk:
-                    return
-                pending.append((chunk, self._submit(chunk)))
-
-        try:
-            fill()
-            while pending:
-                chunk, future = pending.popleft()
-                try:
-                    results = future.result()
-                except Exception:
-                    results = self._retry_one_by_one(chunk)
-                    # chunks queued on the old pool are lost with it: queue them again
-                    old = list(pending)
-                    pending.clear()
-                    for c, f in old:
-                        ok = f.done() and not f.cancelled() and f.exception() is None
-                        pending.append((c, f if ok else self._submit(c)))
-                yield from results
-                fill()
-        finally:
-            for _, future in pending:
-                future.cancel()
-
-    def close(self) -> None:
-        """Stop the workers: those still busy get ``close_timeout`` seconds, then are killed."""
-        executor, self._executor = self._executor, None
-        if executor is None:
-            return
-        processes = list((getattr(executor, "_processes", None) or {}).values())
-        executor.shutdown(wait=False, cancel_futures=True)
-        deadline = time.monotonic() + self.close_timeout
-        for p in processes:
-            p.join(max(0.0, deadline - time.monotonic()))
-        for p in processes:
-            if p.is_alive():
-                p.terminate()
-                p.join(1.0)
-            if p.is_alive() and hasattr(p, "kill"):
-                p.kill()

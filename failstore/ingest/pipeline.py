@@ -289,7 +289,7 @@ def _loop(
     bar: Any,
 ) -> None:
     """Decode, batch, encode and commit every ``commit_every`` rows."""
-    from failstore.ingest.decode import DecodePool
+    from failstore.ingest.decode_pool import DecodePool
 
     report, buf = run.report, run.buf
     seen: set[str] = set()
