@@ -6,7 +6,7 @@ import pytest
 from fakes import FakeClip, FakeRobust, FakeTarget
 
 from failstore.errors import IngestError, InputError
-from failstore.ingest import pipeline
+from failstore.ingest import preflight
 from failstore.ingest.pipeline import IngestOptions, ingest
 from failstore.store import Store
 
@@ -25,7 +25,7 @@ def fakes(monkeypatch):
             out["clip"] = made.setdefault(opts.clip, FakeClip(opts.clip, dim=3))
         return out
 
-    monkeypatch.setattr(pipeline, "_resolve", resolve)
+    monkeypatch.setattr(preflight, "resolve_models", resolve)
     return made
 
 
