@@ -23,15 +23,6 @@ from failstore.store import Store
 ROOT = Path(__file__).resolve().parents[1]
 ATTRS = ["attr_background", "attr_color", "attr_size"]
 PLANTED = {p.name: p for p in planted_slices(default_spec(quick=True))}
-# Known gap (issue 3, docs/demo-models.md "Known limitations"): the demo's target recognises cats
-# by shape and does not learn the "small animal on snow is a cat" shortcut, so the dog slice is
-# not a failure mode of the model. Strict: these turn red once the demo plants it successfully.
-DOG_GAP = pytest.mark.xfail(
-    strict=True, reason="issue 3: the demo target does not learn the small+snow shortcut"
-)
-MODES = [
-    pytest.param(name, marks=DOG_GAP) if name == "small dogs on snow" else name for name in PLANTED
-]
 
 
 @pytest.fixture(scope="session")
@@ -60,7 +51,7 @@ def _top3(store: Store, tags_from: list[str] | None) -> dict[str, list[list[str]
     return out
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", list(PLANTED))
 @pytest.mark.parametrize("tags_from", [None, ATTRS], ids=["clip-tags", "attributes"])
 def test_planted_failures_are_top3_slices_and_hold_on_test(demo, tags_from, mode):
     store = Store(demo.store)
@@ -73,7 +64,6 @@ def test_planted_failures_are_top3_slices_and_hold_on_test(demo, tags_from, mode
     assert hits[0]["holds"], f"{planted.name}: {hits[0]} does not hold on test"
 
 
-@DOG_GAP
 @pytest.mark.parametrize("tags_from", [None, ATTRS], ids=["clip-tags", "attributes"])
 def test_dog_pair_ranks_above_either_tag_alone(demo, tags_from):
     store = Store(demo.store)
@@ -93,8 +83,7 @@ def test_report_lists_the_planted_slices(demo):
 
     assert [f.planted for f in demo.findings] == list(PLANTED)
     for f in demo.findings + demo.findings_attr:
-        if f.planted != "small dogs on snow":  # the known gap, see DOG_GAP
-            assert f.found and f.rank is not None and f.rank <= 3, f
+        assert f.found and f.rank is not None and f.rank <= 3, f
     report = json.loads(dumps(demo))
     assert report["findings"][0]["sql"].startswith("SELECT uri, prediction FROM samples WHERE")
 
@@ -124,7 +113,7 @@ def test_tagger_audit_matches_a_recount_from_the_store(demo):
     assert {m["model"] for m in metrics} >= {"target", "robust", "clip"}
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", list(PLANTED))
 def test_planted_slices_fail_on_test(demo, mode):
     """Each planted slice's test error rate is >= 0.3 and well above its whole class's.
 
