@@ -52,9 +52,9 @@ def main() -> None:
     import torch
 
     from failstore.ingest.decode_pool import DecodePool
-    from failstore.ingest.models import resolve
     from failstore.ingest.pipeline import IngestOptions, _normalise, ingest
     from failstore.ingest.sources import open_source
+    from failstore.models import resolve
 
     # B: forward passes only, on tensors decoded and normalised beforehand.
     adapter = resolve("target", args.model)

@@ -27,8 +27,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from failstore.queries import slice_search
-from failstore.queries.slice_search import (
+from failstore.queries.slices import search as slice_search
+from failstore.queries.slices.search import (
     SliceParams,
     brute_force_slices,
     find_slices,

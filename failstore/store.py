@@ -22,7 +22,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import lance
     import polars as pl
 
-    from failstore.queries.stored import StoredQuery
+    from failstore.queries.sql.stored import StoredQuery
 
 MARKER = "failstore.json"
 FORMAT_VERSION = 1
@@ -191,7 +191,7 @@ class Store:
 
     # ------------------------------------------------------------------ SQL
     def stored_queries(self) -> dict[str, StoredQuery]:
-        from failstore.queries.stored import StoredQuery, builtin_queries
+        from failstore.queries.sql.stored import StoredQuery, builtin_queries
 
         queries = builtin_queries()
         if self.has_table("saved_queries"):
@@ -209,7 +209,7 @@ class Store:
         timeout_s: float = config.DEFAULT_SQL_TIMEOUT_S,
     ) -> pa.Table:
         """Run one read-only query over every table and stored query; returns Arrow."""
-        from failstore.queries.engine import SqlEngine, locked_connection
+        from failstore.queries.sql.engine import SqlEngine, locked_connection
 
         if self._con is None:
             self._con = locked_connection()
@@ -233,7 +233,7 @@ class Store:
 
     # ------------------------------------------------------------------ saved queries
     def save_query(self, query: StoredQuery) -> None:
-        from failstore.queries.guard import guard
+        from failstore.queries.sql.guard import guard
 
         names = self.table_names()
         if query.name.lower() in {n.lower() for n in names}:

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from failstore.ingest.protocol import ModelRecord, Preprocess
+from failstore.models.protocol import ModelRecord, Preprocess
 
 PRE = Preprocess(resize=16, crop=16, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
 

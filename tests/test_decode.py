@@ -19,8 +19,8 @@ from PIL import Image, ImageFile
 from failstore.errors import ConfigError
 from failstore.ingest.decode import BadImage, Decoded, decode_one, hash_only, to_rgb
 from failstore.ingest.decode_pool import DecodePool
-from failstore.ingest.protocol import Preprocess
 from failstore.ingest.sources import SourceItem
+from failstore.models.protocol import Preprocess
 
 NEAREST4 = Preprocess(resize=4, crop=4, interpolation="nearest")
 K4 = NEAREST4.key()
@@ -435,7 +435,7 @@ def test_workers_that_cannot_start_are_one_error_not_an_error_per_image(tmp_path
     script = (
         "from failstore.errors import IngestError\n"
         "from failstore.ingest.decode_pool import DecodePool\n"
-        "from failstore.ingest.protocol import Preprocess\n"
+        "from failstore.models.protocol import Preprocess\n"
         "from failstore.ingest.sources import SourceItem\n"
         f"item = SourceItem({str(tmp_path / 'a.png')!r}, None, None, None, None)\n"
         "pool = DecodePool([Preprocess(resize=4, crop=4)], workers=1, start_timeout=60)\n"

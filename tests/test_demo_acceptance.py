@@ -17,7 +17,7 @@ import pytest
 from failstore.demo.findings import matches
 from failstore.demo.spec import planted_slices
 from failstore.demo.world import default_spec
-from failstore.queries.slices import Slices
+from failstore.queries.slices.estimator import Slices
 from failstore.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]

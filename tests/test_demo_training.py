@@ -189,7 +189,7 @@ def test_vocabulary_tags_audit_and_argmax() -> None:
 def test_vocabulary_file_parses_with_the_clip_loader(tmp_path: Path) -> None:
     from failstore.demo.calibrate import build_tag_vocabulary, write_vocabulary
 
-    vocab_mod = pytest.importorskip("failstore.ingest.models.vocab")
+    vocab_mod = pytest.importorskip("failstore.models.vocab")
     attrs = {"attr_background": np.array(["water", "snow"]), "attr_quality": np.array(["a", "b"])}
     tags = build_tag_vocabulary(attrs)
     thr = np.array([0.123456789, -0.5, 1.0, 0.25], dtype=np.float32)
@@ -414,7 +414,7 @@ def test_trained_models_load_through_the_ingest_loaders(world: dict, tmp_path: P
     loader's tag scores are the scores the thresholds were calibrated on."""
     import torch
 
-    models = pytest.importorskip("failstore.ingest.models")
+    models = pytest.importorskip("failstore.models")
     from failstore.demo import calibrate as cal
     from failstore.demo.models import train_all
     from failstore.demo.nets import Normalizer, to_tensor

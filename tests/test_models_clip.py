@@ -9,11 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from preprocess_oracle import to_batch
 
 from failstore.errors import InputError, ModelSpecError, WeightsNotFoundError
-from failstore.ingest.models import resolve, tags_from_scores, write_vocab
-from failstore.ingest.models.reference import to_batch
-from failstore.ingest.protocol import Preprocess
+from failstore.models import resolve, tags_from_scores, write_vocab
+from failstore.models.protocol import Preprocess
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from preprocess_oracle import to_batch
 
 from failstore.errors import ModelSpecError
-from failstore.ingest.models import resolve
-from failstore.ingest.models.reference import to_batch
-from failstore.ingest.protocol import IMAGENET_MEAN, IMAGENET_STD, Preprocess
+from failstore.models import resolve
+from failstore.models.protocol import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 
 torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from preprocess_oracle import to_batch
 
 from failstore.errors import ModelSpecError, WeightsNotFoundError
-from failstore.ingest.models import resolve
-from failstore.ingest.models.reference import to_batch
-from failstore.ingest.protocol import ModelAdapter, Preprocess
+from failstore.models import resolve
+from failstore.models.protocol import ModelAdapter, Preprocess
 
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
@@ -42,7 +42,7 @@ def check_head(adapter: ModelAdapter, out: dict) -> None:
 
 def test_package_import_does_not_import_torch() -> None:
     code = (
-        "import sys, failstore.ingest.models as m;"
+        "import sys, failstore.models as m;"
         "a = m.resolve('target', 'efficientnet_lite0');"
         "a.preprocess;"
         "print('torch' in sys.modules, 'open_clip' in sys.modules, 'timm' in sys.modules)"
@@ -397,7 +397,7 @@ def test_bad_specs(tmp_path: Path) -> None:
 
 
 def test_hf_cache_lookup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from failstore.ingest.models.weights import hf_cached_file
+    from failstore.models.weights import hf_cached_file
 
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
     snap = tmp_path / "models--org--m" / "snapshots"

@@ -13,14 +13,14 @@ from hypothesis import strategies as st
 from scipy.stats import fisher_exact
 
 from failstore.errors import ConfigError, InputError
-from failstore.queries import slice_search
-from failstore.queries.slice_search import (
+from failstore.queries.slices import search as slice_search
+from failstore.queries.slices.search import (
     SliceParams,
     brute_force_slices,
     find_slices,
     slice_schema,
 )
-from failstore.queries.slice_stats import bh_qvalues, describe, fisher_greater
+from failstore.queries.slices.stats import bh_qvalues, describe, fisher_greater
 
 EVAL_COLUMNS = ("eval_size", "eval_error_rate", "eval_accuracy_drop", "holds")
 

@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 from failstore import schemas
 from failstore.cli.app import app
 from failstore.errors import ConfigError, StoreError
-from failstore.queries.slice_search import SliceParams, find_slices
-from failstore.queries.slices import Slices
+from failstore.queries.slices.estimator import Slices
+from failstore.queries.slices.search import SliceParams, find_slices
 from failstore.store import Store
 
 BACKGROUNDS = ["water", "sand", "snow"]
@@ -193,8 +193,8 @@ def test_cli_json_has_exactly_the_documented_fields(store):
 
 
 def test_every_analysis_result_table_is_a_reserved_name():
-    import failstore.queries.slices  # noqa: F401  (registers the subclass)
-    from failstore.queries.analysis import Analysis
+    import failstore.queries.slices.estimator  # noqa: F401  (registers the subclass)
+    from failstore.queries.framework.analysis import Analysis
 
     subclasses = Analysis.__subclasses__()
     assert subclasses

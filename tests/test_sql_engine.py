@@ -11,8 +11,8 @@ import pyarrow as pa
 import pytest
 
 from failstore.errors import SqlError, SqlRefused, SqlTimeout
-from failstore.queries.engine import SqlEngine, duckdb_message
-from failstore.queries.stored import builtin_queries
+from failstore.queries.sql.engine import SqlEngine, duckdb_message
+from failstore.queries.sql.stored import builtin_queries
 from failstore.schemas import IMAGE_BASE_FIELDS, PREDICTIONS_SCHEMA, clip_fields
 
 IMAGES = pa.schema(
@@ -270,7 +270,7 @@ def test_duckdb_second_line_of_defence(tmp_path: Path) -> None:
     """Even a query that got past the guard could not read files or unlock the config."""
     import duckdb
 
-    from failstore.queries.engine import DUCKDB_CONFIG
+    from failstore.queries.sql.engine import DUCKDB_CONFIG
 
     secret = tmp_path / "secret.csv"
     secret.write_text("a\n1\n")

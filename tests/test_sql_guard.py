@@ -8,8 +8,8 @@ import sqlglot
 from sqlglot import exp
 
 from failstore.errors import SqlRefused
-from failstore.queries.guard import guard, guard_query
-from failstore.queries.stored import Param, StoredQuery, builtin_queries
+from failstore.queries.sql.guard import guard, guard_query
+from failstore.queries.sql.stored import Param, StoredQuery, builtin_queries
 from failstore.schemas import (
     IMAGE_BASE_FIELDS,
     MODELS_SCHEMA,

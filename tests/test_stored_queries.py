@@ -12,8 +12,8 @@ import pyarrow as pa
 import pytest
 
 from failstore.errors import InputError, SqlError, SqlRefused
-from failstore.queries.engine import SqlEngine
-from failstore.queries.stored import (
+from failstore.queries.sql.engine import SqlEngine
+from failstore.queries.sql.stored import (
     Param,
     StoredQuery,
     builtin_queries,

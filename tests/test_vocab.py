@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from failstore.errors import InputError
-from failstore.ingest.models import read_class_names, read_vocab, tags_from_scores, write_vocab
+from failstore.models import read_class_names, read_vocab, tags_from_scores, write_vocab
 
 VOCAB = """\
 # outdoor scenes

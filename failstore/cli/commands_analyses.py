@@ -60,8 +60,8 @@ def slices(
 
     Example: failstore slices --class bird --split val --eval-split test
     """
-    from failstore.queries.slice_search import slice_schema
-    from failstore.queries.slices import Slices
+    from failstore.queries.slices.estimator import Slices
+    from failstore.queries.slices.search import slice_schema
 
     store = state(ctx).open_store()
     est = Slices(

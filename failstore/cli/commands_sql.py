@@ -130,7 +130,7 @@ def save_query(
 
     Example: failstore queries save wrong "SELECT * FROM samples WHERE NOT correct"
     """
-    from failstore.queries.stored import make_user_query
+    from failstore.queries.sql.stored import make_user_query
 
     store = state(ctx).open_store()
     q = make_user_query(name, query, description, parse_params(param))

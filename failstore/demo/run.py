@@ -211,7 +211,7 @@ def _write_demo_tables(store: Store, metrics: dict[str, Any], log: Log) -> float
 
 def _slices_findings(store: Store, planted: list[Any], tags_from: list[str] | None) -> list[Any]:
     from failstore.demo.findings import find
-    from failstore.queries.slices import Slices
+    from failstore.queries.slices.estimator import Slices
 
     est = Slices(split=EVAL_SPLIT, eval_split=HOLDOUT_SPLIT, tags_from=tags_from).fit(store)
     return find(planted, est.results_)

@@ -24,8 +24,8 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from failstore.errors import ConfigError
-from failstore.ingest.protocol import Preprocess
 from failstore.ingest.sources import SourceItem
+from failstore.models.protocol import Preprocess
 
 DEFAULT_MAX_PIXELS = 89_478_485  # PIL's own default Image.MAX_IMAGE_PIXELS
 RESAMPLING = {

@@ -21,8 +21,8 @@ from failstore.ingest.decode import (
     decode_one,
     one_line,
 )
-from failstore.ingest.protocol import Preprocess
 from failstore.ingest.sources import SourceItem
+from failstore.models.protocol import Preprocess
 
 
 def _worker_init(pil_limit: int | None) -> None:

@@ -27,7 +27,7 @@ from failstore.errors import ConfigError, IngestError
 from failstore.ingest import preflight, rows
 from failstore.ingest.labels import load_label_map, map_labels, unknown_labels
 from failstore.ingest.progress import progress_bar
-from failstore.ingest.protocol import ModelAdapter, Preprocess
+from failstore.models.protocol import ModelAdapter, Preprocess
 from failstore.store import Store, utcnow
 
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from failstore import schemas
 from failstore.errors import ConfigError, StoreError
 from failstore.ingest import rows
-from failstore.ingest.protocol import ModelAdapter
+from failstore.models.protocol import ModelAdapter
 from failstore.store import Store
 
 if TYPE_CHECKING:
@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 
 def resolve_models(opts: IngestOptions) -> dict[str, ModelAdapter]:
-    from failstore.ingest.models import resolve
+    from failstore.models import resolve
 
     adapters: dict[str, ModelAdapter] = {}
     if opts.target:

@@ -16,15 +16,15 @@ from pathlib import Path
 from typing import Any
 
 from failstore.errors import ModelSpecError, WeightsNotFoundError
-from failstore.ingest.models.base import Built, Source, package_versions, triple
-from failstore.ingest.models.weights import (
+from failstore.models.base import Built, Source, package_versions, triple
+from failstore.models.protocol import Preprocess
+from failstore.models.weights import (
     hf_cached_file,
     hf_expected_path,
     offline,
     torch_hub_checkpoint,
     torchscript_meta,
 )
-from failstore.ingest.protocol import Preprocess
 
 EFFICIENTNET_NAME = "efficientnet_lite0"
 # The reference EfficientNet(-Lite) evaluation resizes to crop + 32 and centre-crops 224.

@@ -25,10 +25,10 @@ from sqlglot.optimizer.scope import Scope, traverse_scope
 from sqlglot.schema import MappingSchema
 
 from failstore.errors import SqlRefused
-from failstore.queries.stored import default_literal, expand_templates, param_literal, sql_type
+from failstore.queries.sql.stored import default_literal, expand_templates, param_literal, sql_type
 
 if TYPE_CHECKING:
-    from failstore.queries.stored import StoredQuery
+    from failstore.queries.sql.stored import StoredQuery
 
 ALLOWED = "only one read-only query is allowed: SELECT, WITH ... SELECT, UNION/INTERSECT/EXCEPT"
 TABLE_FUNCTIONS_ALLOWED = ("unnest", "range", "generate_series")

@@ -21,15 +21,15 @@ from typing import Any
 import numpy as np
 
 from failstore.errors import ModelSpecError, WeightsNotFoundError
-from failstore.ingest.models.base import package_versions, triple
-from failstore.ingest.models.vocab import Vocabulary
-from failstore.ingest.models.weights import (
+from failstore.models.base import package_versions, triple
+from failstore.models.protocol import ModelRecord, Preprocess, Role
+from failstore.models.vocab import Vocabulary
+from failstore.models.weights import (
     hf_cached_file,
     hf_expected_path,
     offline,
     sha256_file,
 )
-from failstore.ingest.protocol import ModelRecord, Preprocess, Role
 
 DEFAULT_TAG_THRESHOLD = 0.25
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)

@@ -1,6 +1,6 @@
 """Read-only SQL over the store's Lance tables, run by an in-process, locked-down DuckDB.
 
-Each ``execute`` guards the query (``failstore.queries.guard``), opens a fresh DuckDB connection
+Each ``execute`` guards the query (``failstore.queries.sql.guard``), opens a fresh DuckDB connection
 with external access disabled and its configuration locked, registers only the Lance datasets
 the query reads (DuckDB scans them with projection and filter pushdown), and runs the query
 under a time limit.
@@ -16,8 +16,8 @@ import duckdb
 import pyarrow as pa
 
 from failstore.errors import SqlError, SqlRefused, SqlTimeout
-from failstore.queries.guard import guard_query
-from failstore.queries.stored import StoredQuery
+from failstore.queries.sql.guard import guard_query
+from failstore.queries.sql.stored import StoredQuery
 
 DUCKDB_CONFIG = {
     "enable_external_access": False,

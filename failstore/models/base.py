@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 
 from failstore.errors import ModelSpecError
-from failstore.ingest.models.weights import sha256_files
-from failstore.ingest.protocol import ModelRecord, Preprocess, Role
+from failstore.models.protocol import ModelRecord, Preprocess, Role
+from failstore.models.weights import sha256_files
 
 INPUT_SUFFIX = ":input"
 

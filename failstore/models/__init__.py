@@ -12,10 +12,11 @@ import re
 from pathlib import Path
 
 from failstore.errors import ModelSpecError
-from failstore.ingest.models.base import FeatureAdapter, Source
-from failstore.ingest.models.clip import DEFAULT_TAG_THRESHOLD, ClipAdapter, tags_from_scores
-from failstore.ingest.models.robust import RobustnessSource
-from failstore.ingest.models.target import (
+from failstore.models.base import FeatureAdapter, Source
+from failstore.models.clip import DEFAULT_TAG_THRESHOLD, ClipAdapter, tags_from_scores
+from failstore.models.protocol import ModelAdapter, Role
+from failstore.models.robust import RobustnessSource
+from failstore.models.target import (
     EFFICIENTNET_NAME,
     EfficientNetLite0Source,
     FactorySource,
@@ -23,9 +24,8 @@ from failstore.ingest.models.target import (
     TorchScriptSource,
     TorchvisionSource,
 )
-from failstore.ingest.models.vocab import read_class_names, read_vocab, write_vocab
-from failstore.ingest.models.weights import is_torchscript, sha256_file
-from failstore.ingest.protocol import ModelAdapter, Role
+from failstore.models.vocab import read_class_names, read_vocab, write_vocab
+from failstore.models.weights import is_torchscript, sha256_file
 
 __all__ = [
     "DEFAULT_TAG_THRESHOLD",

@@ -2,7 +2,7 @@
 
 Reads one target model's predictions and the images' tags (CLIP ``tags`` or categorical columns
 given by ``tags_from``), groups images by class (``by='label'`` or ``'prediction'``) and runs the
-exact pruned search of :mod:`failstore.queries.slice_search` per class. Results go to the table
+exact pruned search of :mod:`failstore.queries.slices.search` per class. Results go to the table
 ``prime_slices`` (one set of rows per run) and the stored query ``slices`` shows the latest run.
 """
 
@@ -17,8 +17,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from failstore.errors import ConfigError, StoreError
-from failstore.queries.analysis import Analysis
-from failstore.queries.slice_search import SliceParams, find_slices, slice_schema
+from failstore.queries.framework.analysis import Analysis
+from failstore.queries.slices.search import SliceParams, find_slices, slice_schema
 from failstore.store import Store
 
 GROUPINGS = ("label", "prediction")

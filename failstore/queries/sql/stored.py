@@ -1,6 +1,7 @@
 """Stored queries: named, parameterised SELECTs usable as tables in SQL.
 
-Built-in queries live in ``failstore/queries/sql/*.sql``; user queries are saved in the store's
+Built-in queries live in ``failstore/queries/sql/builtin/*.sql`` and each analysis's
+``failstore/queries/<analysis>/*.sql``; user queries are saved in the store's
 ``saved_queries`` table. A ``.sql`` file starts with a header of ``--`` comment lines::
 
     -- name: class_error_rates
@@ -216,18 +217,34 @@ def parse_sql_file(text: str, source: str, *, filename: str = "<sql>") -> Stored
     return StoredQuery(name, " ".join(descriptions), tuple(params), body, source)
 
 
+def _sql_folders() -> list[tuple[str, object]]:
+    """Folders of shipped ``.sql`` files: the SQL side's ``builtin/`` and every analysis
+    package under ``failstore/queries`` (found as package data, nothing is imported)."""
+    root = resources.files("failstore.queries")
+    folders = [("failstore/queries/sql/builtin", root.joinpath("sql").joinpath("builtin"))]
+    for entry in sorted(root.iterdir(), key=lambda e: e.name):
+        if entry.is_dir() and entry.name not in ("sql", "__pycache__"):
+            folders.append((f"failstore/queries/{entry.name}", entry))
+    return folders
+
+
 def builtin_queries() -> dict[str, StoredQuery]:
-    """The built-in stored queries shipped in ``failstore/queries/sql``."""
+    """The stored queries shipped with failstore: ``failstore/queries/sql/builtin/*.sql`` and
+    each analysis's ``failstore/queries/<analysis>/*.sql``."""
     queries: dict[str, StoredQuery] = {}
-    folder = resources.files("failstore.queries").joinpath("sql")
-    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
-        if not entry.name.endswith(".sql"):
-            continue
-        filename = f"failstore/queries/sql/{entry.name}"
-        query = parse_sql_file(entry.read_text(encoding="utf-8"), "builtin", filename=filename)
-        if query.name != entry.name[:-4]:
-            raise InputError(f"{filename}: header name {query.name!r} differs from the file name")
-        queries[query.name] = query
+    for where, folder in _sql_folders():
+        for entry in sorted(folder.iterdir(), key=lambda e: e.name):  # type: ignore[attr-defined]
+            if not entry.name.endswith(".sql"):
+                continue
+            filename = f"{where}/{entry.name}"
+            query = parse_sql_file(entry.read_text(encoding="utf-8"), "builtin", filename=filename)
+            if query.name != entry.name[:-4]:
+                raise InputError(
+                    f"{filename}: header name {query.name!r} differs from the file name"
+                )
+            if query.name in queries:
+                raise InputError(f"{filename}: stored query {query.name!r} is defined twice")
+            queries[query.name] = query
     return queries
 
 
@@ -239,7 +256,7 @@ def make_user_query(
 ) -> StoredQuery:
     """A user query to save in the store, checked: a free name, literal defaults, one read-only
     query whose ``$placeholders`` are all declared."""
-    from failstore.queries.guard import check_shape, placeholder_names
+    from failstore.queries.sql.guard import check_shape, placeholder_names
 
     if not NAME_RE.match(name):
         raise SqlRefused(

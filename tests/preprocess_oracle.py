@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from failstore.ingest.protocol import Preprocess
+from failstore.models.protocol import Preprocess
 
 _FILTERS = {"bilinear": 2, "bicubic": 3, "nearest": 0}  # PIL.Image.Resampling values
 

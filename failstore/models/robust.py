@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from failstore.errors import ModelSpecError
-from failstore.ingest.models.base import Built, Source, package_versions, triple
-from failstore.ingest.protocol import IMAGENET_MEAN, IMAGENET_STD, Preprocess
+from failstore.models.base import Built, Source, package_versions, triple
+from failstore.models.protocol import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 
 MODEL_PREFIX = "module.model."
 NORMALIZER_PREFIX = "module.normalizer."
@@ -124,7 +124,7 @@ class RobustnessSource(Source):
         pre = Preprocess(resize=256, crop=224, mean=mean, std=std)
         names = None
         if n_classes == 1000:
-            from failstore.ingest.models.target import imagenet_class_names
+            from failstore.models.target import imagenet_class_names
 
             names = imagenet_class_names()
         extra = {"arch": arch, "versions": package_versions("torchvision", "torch")}

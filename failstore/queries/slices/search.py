@@ -22,7 +22,7 @@ import pyarrow as pa
 from scipy.stats import fisher_exact
 
 from failstore.errors import ConfigError, InputError
-from failstore.queries.slice_stats import (
+from failstore.queries.slices.stats import (
     TOLERANCE,
     at_least,
     bh_qvalues,
