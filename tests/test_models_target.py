@@ -379,7 +379,7 @@ def test_bad_specs(tmp_path: Path) -> None:
         "model spec 'resnet 18!' is not understood; accepted: efficientnet_lite0, "
         "torchvision:NAME[:WEIGHTS], timm:NAME, a TorchScript file (.pt/.pth/.ts/.torchscript "
         "or torchscript:PATH), robustness:PATH (a robustness-library checkpoint), "
-        "python.module:factory"
+        "a state-dict directory (DIR or state-dict:DIR), python.module:factory"
     )
     missing = tmp_path / "missing.pt"
     with pytest.raises(

@@ -14,8 +14,11 @@ from pathlib import Path
 from failstore.errors import ModelSpecError
 from failstore.models.base import FeatureAdapter, Source
 from failstore.models.clip import DEFAULT_TAG_THRESHOLD, ClipAdapter, tags_from_scores
+from failstore.models.loading import load_model
 from failstore.models.protocol import ModelAdapter, Role
 from failstore.models.robust import RobustnessSource
+from failstore.models.statedict import PREFIX as STATE_DICT_PREFIX
+from failstore.models.statedict import StateDictSource, is_state_dict_dir, save_state_dict_dir
 from failstore.models.target import (
     EFFICIENTNET_NAME,
     EfficientNetLite0Source,
@@ -31,9 +34,11 @@ __all__ = [
     "DEFAULT_TAG_THRESHOLD",
     "ClipAdapter",
     "FeatureAdapter",
+    "load_model",
     "read_class_names",
     "read_vocab",
     "resolve",
+    "save_state_dict_dir",
     "sha256_file",
     "tags_from_scores",
     "write_vocab",
@@ -46,7 +51,7 @@ _NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
 CLASSIFIER_FORMS = (
     "accepted: efficientnet_lite0, torchvision:NAME[:WEIGHTS], timm:NAME, a TorchScript file "
     "(.pt/.pth/.ts/.torchscript or torchscript:PATH), robustness:PATH (a robustness-library "
-    "checkpoint), python.module:factory"
+    "checkpoint), a state-dict directory (DIR or state-dict:DIR), python.module:factory"
 )
 
 
@@ -70,6 +75,19 @@ def _file_source(spec: str, raw: str, force: str | None) -> Source:
 def _classifier_source(spec: str) -> Source:
     if spec in (EFFICIENTNET_NAME, "efficientnet-lite0"):
         return EfficientNetLite0Source()
+    if spec.startswith(STATE_DICT_PREFIX):
+        path = Path(spec[len(STATE_DICT_PREFIX) :]).expanduser()
+        if not path.is_dir():
+            raise ModelSpecError(f"model spec {spec!r}: directory not found: {path}")
+        return StateDictSource(path)
+    if Path(spec).expanduser().is_dir():
+        path = Path(spec).expanduser()
+        if not is_state_dict_dir(path):
+            raise ModelSpecError(
+                f"model spec {spec!r}: directory {path} holds no failstore_model.json, so it is "
+                "not a state-dict directory; " + CLASSIFIER_FORMS
+            )
+        return StateDictSource(path)
     for prefix in ("torchscript:", "robustness:"):
         if spec.startswith(prefix):
             return _file_source(spec, spec[len(prefix) :], prefix[:-1])
@@ -132,3 +150,4 @@ def resolve(
         )
     names = read_class_names(class_names) if class_names is not None else None
     return FeatureAdapter(role, spec, _classifier_source(spec), layer=layer, class_names=names)
+

@@ -60,6 +60,12 @@ class Source(ABC):
         """Default: build (reads weights). Sources that know it cheaply override this."""
         return self.build().preprocess
 
+    def files(self) -> list[Path]:
+        """Where the weights file(s) ``build`` reads are, found without reading them where the
+        source can (a cache search that finds nothing raises ``WeightsNotFoundError``); the
+        files may not exist. Default: build."""
+        return self.build().files
+
 
 def package_versions(*names: str) -> dict[str, str]:
     out = {}
@@ -125,6 +131,8 @@ class FeatureAdapter:
         self._preprocess: Preprocess | None = None
         self._loaded = False
         self._device = "cpu"
+        self._recording = True
+        self._head_name: str | None = None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(role={self.role!r}, spec={self.spec!r})"
@@ -181,6 +189,7 @@ class FeatureAdapter:
                 f"(embed gives shape {tuple(emb.shape)}); the convention is logits = head(embed(x))"
             )
         self._head = head
+        self._head_name = "head"
         self._head_ok = True
         self._layer_label = "embed"
         self._finish(emb, logits)
@@ -189,6 +198,7 @@ class FeatureAdapter:
         import torch.nn as nn
 
         m = self._module
+        self._recording = True
         linears = [(n, mod) for n, mod in m.named_modules() if isinstance(mod, nn.Linear)]
         seen: dict[str, tuple[Any, Any]] = {}
         handles = [
@@ -233,10 +243,12 @@ class FeatureAdapter:
             emb.shape[1] == head.in_features and _close(head(emb), output)
         )
         self._layer_label = label
+        self._head_name = head_name
         self._captured = captured
         captured.clear()
         if target:
             self._hook(target, want_input, captured)
+        self._recording = False
         self._finish(emb, output)
 
     def _parse_layer(self) -> tuple[str | None, bool]:
@@ -256,8 +268,9 @@ class FeatureAdapter:
 
     def _hook(self, name: str, want_input: bool, store: list[Any]) -> Any:
         def grab(_m: Any, inp: Any, out: Any) -> None:
-            value = inp[0] if want_input else _first_tensor(out)
-            store.append(value.flatten(1))
+            if self._recording:  # only while encode()/features() run, not on user forwards
+                value = inp[0] if want_input else _first_tensor(out)
+                store.append(value.flatten(1))
 
         return self._module.get_submodule(name).register_forward_hook(grab)
 
@@ -287,18 +300,59 @@ class FeatureAdapter:
         if not self._loaded:
             self.load(self._device)
         with torch.inference_mode():
-            if self._built.scripted:
-                emb = self._module.embed(batch)
-                logits = self._head(emb)
-            else:
-                self._captured.clear()
-                logits = _first_tensor(self._module(batch))
-                emb = self._captured[-1] if self._captured else logits.flatten(1)
-                self._captured.clear()
+            logits, emb = self._run(batch)
         emb_np = emb.detach().float().cpu().numpy()
         if self.role == "robust":
             return {"robust_features": emb_np}
         return {"logits": logits.detach().float().cpu().numpy(), "embedding": emb_np}
+
+    def _run(self, batch: Any) -> tuple[Any, Any]:
+        """(logits, bottleneck) of one batch, under whatever grad mode the caller set."""
+        if self._built.scripted:
+            emb = self._module.embed(batch)
+            return self._head(emb), emb
+        self._captured.clear()
+        self._recording = True
+        try:
+            logits = _first_tensor(self._module(batch))
+        finally:
+            self._recording = False
+        emb = self._captured[-1] if self._captured else logits.flatten(1)
+        self._captured.clear()
+        return logits, emb
+
+    # -- the torch module, for analyses that need gradients -----------------------------------
+
+    @property
+    def module(self) -> Any:
+        """The loaded ``torch.nn.Module`` in eval mode, with its named layers
+        (``dict(module.named_modules())``); loads the model if needed. A ScriptModule for
+        TorchScript files. Calling it directly does not disturb ``encode``."""
+        if not self._loaded:
+            self.load(self._device)
+        return self._module
+
+    @property
+    def head_name(self) -> str | None:
+        """Dotted name of the final ``nn.Linear`` (the module producing the logits) in
+        ``module``, or None (a robust model without one)."""
+        self.module  # noqa: B018  (loads the model if needed)
+        return self._head_name
+
+    def logits(self, batch: Any) -> Any:
+        """Logits of a normalised float NCHW batch with autograd ENABLED (not under
+        ``inference_mode``), so ``torch.autograd.grad(logits[i, c], batch)`` works when
+        ``batch.requires_grad``. The model stays in eval mode (BatchNorm uses running stats)."""
+        return self.features(batch)[0]
+
+    def features(self, batch: Any) -> tuple[Any, Any]:
+        """``(logits, embedding)`` tensors with autograd enabled; ``embedding`` is the same
+        bottleneck ``encode`` returns (the robust features for role ``robust``)."""
+        import torch
+
+        self.module.eval()
+        with torch.enable_grad():
+            return self._run(batch)
 
     def record(self) -> ModelRecord:
         if not self._loaded:
@@ -313,6 +367,8 @@ class FeatureAdapter:
                 else np.zeros(head_w.shape[0], np.float32)
             )
         extra = {"source": self.source.kind, **self._built.extra}
+        if self._built.files:
+            extra["checkpoint_files"] = [str(Path(p).resolve()) for p in self._built.files]
         if self._class_names_override:
             extra["class_names_from"] = "class_names file"
         return ModelRecord(

@@ -25,6 +25,7 @@ from failstore.models.base import package_versions, triple
 from failstore.models.protocol import ModelRecord, Preprocess, Role
 from failstore.models.vocab import Vocabulary
 from failstore.models.weights import (
+    find_cached_weights,
     hf_cached_file,
     hf_expected_path,
     offline,
@@ -241,27 +242,31 @@ class ClipAdapter:
         return self._preprocess
 
     def _tag_file(self, cfg: dict) -> Path:
-        tried = []
+        repo = fname = None
+        names: list[str] = []
         if cfg.get("hf_hub"):
             repo, fname = os.path.split(cfg["hf_hub"])  # "org/repo/" means the default file
             fname = fname or "open_clip_pytorch_model.bin"
             names = [fname[:-4] + ".safetensors"] if fname.endswith((".bin", ".pth")) else []
             if fname == "open_clip_pytorch_model.bin":
                 names = ["open_clip_model.safetensors"]
-            for n in [*names, fname]:
-                found = hf_cached_file(repo, n)
-                if found is not None:
-                    return found
-            tried.append(hf_expected_path(repo, fname))
-        if cfg.get("url"):
-            path = Path("~/.cache/clip").expanduser() / os.path.basename(cfg["url"])
-            if path.is_file():
-                return path
-            tried.append(str(path))
-        raise WeightsNotFoundError(
-            f"CLIP {self.spec}: weights not in the local cache (looked for {' or '.join(tried)})",
+            names.append(fname)
+        url = cfg.get("url")
+        return find_cached_weights(
+            f"CLIP {self.spec}",
+            hf_repo=repo,
+            hf_names=names,
+            hf_expected=fname,
+            url_file=Path("~/.cache/clip").expanduser() / os.path.basename(url) if url else None,
             hint="copy the file there, or pass MODEL:/path/to/checkpoint",
         )
+
+    def checkpoint_files(self) -> list[Path]:
+        """The weights file ``load`` reads (for a pretrained tag: found in the local cache,
+        ``WeightsNotFoundError`` when absent). Reads no weights."""
+        if self.tag:
+            return [self._tag_file(self._tag_cfg())]
+        return [self.checkpoint] if self.checkpoint is not None else []
 
     # -- loading / running ---------------------------------------------------------------------
 
@@ -350,6 +355,8 @@ class ClipAdapter:
             extra["templates"] = self.vocab.templates
         if self._config is not None:
             extra["open_clip_config"] = self._config
+        if self.checkpoint is not None:
+            extra["checkpoint_files"] = [str(Path(self.checkpoint).resolve())]
         return ModelRecord(
             name=self.name,
             role="clip",

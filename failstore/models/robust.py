@@ -93,6 +93,9 @@ class RobustnessSource(Source):
         super().__init__(path.stem)
         self.path = path
 
+    def files(self) -> list[Path]:
+        return [self.path]
+
     def _build(self) -> Built:
         import torchvision.models as tvm
 

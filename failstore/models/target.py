@@ -19,8 +19,7 @@ from failstore.errors import ModelSpecError, WeightsNotFoundError
 from failstore.models.base import Built, Source, package_versions, triple
 from failstore.models.protocol import Preprocess
 from failstore.models.weights import (
-    hf_cached_file,
-    hf_expected_path,
+    find_cached_weights,
     offline,
     torch_hub_checkpoint,
     torchscript_meta,
@@ -102,6 +101,9 @@ class EfficientNetLite0Source(Source):
     def preprocess(self) -> Preprocess:
         return EFFICIENTNET_PREPROCESS
 
+    def files(self) -> list[Path]:
+        return [self.weights]
+
     def _build(self) -> Built:
         from efficientnet_lite_pytorch import EfficientNet
 
@@ -158,6 +160,9 @@ class TorchvisionSource(Source):
             interpolation=str(t.interpolation.value),
         )
 
+    def files(self) -> list[Path]:
+        return [torch_hub_checkpoint(self._weights().url)]
+
     def _build(self) -> Built:
         import torchvision.models as tvm
 
@@ -213,25 +218,19 @@ class TimmSource(Source):
         )
 
     def _local_file(self, cfg: Any) -> Path:
-        tried = []
-        if cfg.hf_hub_id:
-            repo, _, rev = cfg.hf_hub_id.partition("@")
-            names = [cfg.hf_hub_filename] if cfg.hf_hub_filename else []
-            names += ["model.safetensors", "pytorch_model.bin"]
-            for fname in names:
-                found = hf_cached_file(repo, fname, rev or None)
-                if found is not None:
-                    return found
-            tried.append(hf_expected_path(repo, names[0]))
-        if cfg.url:
-            path = torch_hub_checkpoint(cfg.url)
-            if path.is_file():
-                return path
-            tried.append(str(path))
-        raise WeightsNotFoundError(
-            f"{self.name}: weights not in the local cache (looked for {' or '.join(tried)})",
+        repo, _, rev = (cfg.hf_hub_id or "").partition("@")
+        names = [cfg.hf_hub_filename] if cfg.hf_hub_filename else []
+        return find_cached_weights(
+            self.name,
+            hf_repo=repo or None,
+            hf_names=[*names, "model.safetensors", "pytorch_model.bin"],
+            hf_revision=rev or None,
+            url_file=torch_hub_checkpoint(cfg.url) if cfg.url else None,
             hint="put the file there (refs/main naming the snapshot) or use a TorchScript file",
         )
+
+    def files(self) -> list[Path]:
+        return [self._local_file(self._cfg())]
 
     def _build(self) -> Built:
         import timm
@@ -275,6 +274,9 @@ class TorchScriptSource(Source):
     def preprocess(self) -> Preprocess:
         return self._pre
 
+    def files(self) -> list[Path]:
+        return [self.path]
+
     def _build(self) -> Built:
         import torch
 
@@ -311,6 +313,9 @@ class FactorySource(Source):
                 f"{spec}: cannot import module {self.module_name!r} ({reason}); "
                 "install it or add its folder to PYTHONPATH"
             )
+
+    def files(self) -> list[Path]:
+        return []  # no file: load_model checks extra["state_dict_sha256"] instead
 
     def _build(self) -> Built:
         import torch.nn as nn

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlparse
 
-from failstore.errors import ModelSpecError
+from failstore.errors import ModelSpecError, WeightsNotFoundError
 
 _OFFLINE_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")
 _SHA_CACHE: dict[tuple[str, int, int], str] = {}
@@ -134,6 +134,42 @@ def torch_hub_dir() -> Path:
 def torch_hub_checkpoint(url: str) -> Path:
     """Where ``torch.hub.load_state_dict_from_url(url)`` keeps its file."""
     return torch_hub_dir() / "checkpoints" / os.path.basename(urlparse(url).path)
+
+
+# --- one lookup over both caches -------------------------------------------------------------
+
+
+def find_cached_weights(
+    label: str,
+    *,
+    hf_repo: str | None = None,
+    hf_names: list[str] | tuple[str, ...] = (),
+    hf_revision: str | None = None,
+    hf_expected: str | None = None,
+    url_file: Path | None = None,
+    hint: str,
+) -> Path:
+    """The first cached weights file: ``hf_names`` (in order) in the snapshot of ``hf_repo``
+    in the local HF cache, then ``url_file`` (where a URL download would have been kept).
+
+    Raises ``WeightsNotFoundError`` ``"{label}: weights not in the local cache (looked for
+    A or B); {hint}"`` where A is ``hf_expected`` (default: the first name) in the repo's
+    snapshot dir and B is ``url_file``.
+    """
+    tried = []
+    if hf_repo:
+        for fname in hf_names:
+            found = hf_cached_file(hf_repo, fname, hf_revision)
+            if found is not None:
+                return found
+        tried.append(hf_expected_path(hf_repo, hf_expected or hf_names[0]))
+    if url_file is not None:
+        if url_file.is_file():
+            return url_file
+        tried.append(str(url_file))
+    raise WeightsNotFoundError(
+        f"{label}: weights not in the local cache (looked for {' or '.join(tried)})", hint=hint
+    )
 
 
 # --- TorchScript archives ---------------------------------------------------------------------
