@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from failstore import schemas  # noqa: E402
+from failstore.queries.sql.session import run_sql  # noqa: E402
 from failstore.store import Store  # noqa: E402
 
 BASELINE = """
@@ -148,7 +149,7 @@ def main() -> None:
     con = duckdb.connect()
     sql = BASELINE.format(images=pq_i, preds=pq_p)
     base = best(lambda: con.sql(sql).to_arrow_table())
-    lib = best(lambda: store.sql("SELECT * FROM class_error_rates"))
+    lib = best(lambda: run_sql(store, "SELECT * FROM class_error_rates"))
     cmd = best(lambda: subprocess.run(cli, check=True, capture_output=True))
     plain = [
         sys.executable,
@@ -156,7 +157,7 @@ def main() -> None:
         f"import duckdb, sys; duckdb.sql({sql!r}).write_csv('/dev/stdout')",
     ]
     plain_cmd = best(lambda: subprocess.run(plain, check=True, capture_output=True))
-    ours = store.sql("SELECT * FROM class_error_rates")
+    ours = run_sql(store, "SELECT * FROM class_error_rates")
     theirs = con.sql(sql).to_arrow_table()
     assert ours.num_rows == theirs.num_rows, (ours.num_rows, theirs.num_rows)
     print(f"B duckdb over parquet, in-process : {base * 1000:7.0f} ms")

@@ -115,6 +115,22 @@ SAVED_QUERIES_SCHEMA = pa.schema(
     ]
 )
 
+# One row per analysis run (and per demo table write): what was computed, from what, when.
+ANALYSIS_RUNS_SCHEMA = pa.schema(
+    [
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("analysis", pa.string()),
+        pa.field("result_table", pa.string()),
+        pa.field("params", pa.string()),  # JSON of the resolved parameters
+        pa.field("run_key", pa.string()),  # JSON of the parameters that tell runs apart to readers
+        pa.field("source_versions", pa.string()),  # JSON {table: Lance version}
+        pa.field("rows", pa.int64()),
+        pa.field("seconds", pa.float64()),
+        pa.field("created_at", pa.timestamp("us", tz="UTC")),
+        pa.field("used_at", pa.timestamp("us", tz="UTC")),  # last fit that computed or reused it
+    ]
+)
+
 # Key columns for upserts.
 KEYS: dict[str, list[str]] = {
     "images": ["image_id"],
@@ -126,6 +142,3 @@ KEYS: dict[str, list[str]] = {
 }
 
 CORE_TABLES = ("images", "predictions", "models", "ingest_errors")
-# Tables written by analyses and the demo (they may not exist yet): saved queries cannot take
-# these names either. Every ``Analysis.result_table`` is listed here (a test checks).
-RESULT_TABLES = ("prime_slices", "tagger_audit", "model_metrics")

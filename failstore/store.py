@@ -8,7 +8,7 @@ projections and filters down; nothing here reads a whole table unless asked to.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,13 +16,10 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from failstore import config, schemas
-from failstore.errors import SqlRefused, StoreError
+from failstore.errors import StoreError
 
 if TYPE_CHECKING:  # pragma: no cover
     import lance
-    import polars as pl
-
-    from failstore.queries.sql.stored import StoredQuery
 
 MARKER = "failstore.json"
 FORMAT_VERSION = 1
@@ -154,6 +151,44 @@ class Store:
         merge.execute(data)
         return self.version(name)
 
+    def append(self, name: str, data: pa.Table, *, schema: pa.Schema | None = None) -> int:
+        """Append rows in one commit; returns the new version. The table is created with
+        ``schema`` (or the data's) if missing. Columns the table lacks are added first (all
+        null for the rows already there); columns the data lacks are null in the new rows, so
+        rows of different shapes (e.g. runs of an analysis with and without an option) share
+        one table and no existing row is rewritten."""
+        if not self.has_table(name):
+            self._table(name, schema or data.schema)
+        have = self.schema(name)
+        wanted = list(schema) if schema is not None else []
+        named = {f.name for f in wanted}
+        wanted += [data.schema.field(c) for c in data.column_names if c not in named]
+        self.ensure_columns(
+            name, [f.with_nullable(True) for f in wanted if f.name not in have.names]
+        )
+        target = self.schema(name)
+        columns = []
+        for f in target:
+            if f.name in data.column_names:
+                col = data.column(f.name)
+                if col.type != f.type:
+                    try:
+                        col = col.cast(f.type)
+                    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+                        raise StoreError(
+                            f"table '{name}' column '{f.name}' has type {f.type}, "
+                            f"this write has {col.type}",
+                            hint="write to a new table or drop the old rows",
+                        ) from e
+                columns.append(col)
+            elif not f.nullable:
+                raise StoreError(f"table '{name}': this write has no value for column '{f.name}'")
+            else:
+                columns.append(pa.nulls(data.num_rows, f.type))
+        if data.num_rows:
+            self.db.open_table(name).add(pa.Table.from_arrays(columns, schema=target))
+        return self.version(name)
+
     def delete(self, name: str, where: str) -> None:
         if self.has_table(name):
             self.db.open_table(name).delete(where)
@@ -176,6 +211,31 @@ class Store:
         meta = self.schema(name).metadata or {}
         return {k.decode(): v.decode() for k, v in meta.items()}
 
+    def compact(self, older_than: timedelta = timedelta(days=7)) -> list[dict[str, Any]]:
+        """Merge small fragments (and rows deleted by upserts / dropped runs) of every table,
+        then remove the files of versions older than ``older_than`` that the latest version no
+        longer needs. Time travel to the removed versions is lost; the latest version of every
+        table is unchanged in content. Returns one summary per table."""
+        out = []
+        for name in self.table_names():
+            ds = self.dataset(name)
+            before = int(ds.version)
+            metrics = ds.optimize.compact_files()
+            ds = self.dataset(name)
+            stats = ds.cleanup_old_versions(older_than=older_than)
+            out.append(
+                {
+                    "table": name,
+                    "version_before": before,
+                    "version": int(ds.version),
+                    "fragments_removed": int(metrics.fragments_removed),
+                    "fragments_added": int(metrics.fragments_added),
+                    "versions_removed": int(stats.old_versions),
+                    "bytes_removed": int(stats.bytes_removed),
+                }
+            )
+        return out
+
     # ------------------------------------------------------------------ models
     def models(self) -> pa.Table:
         if not self.has_table("models"):
@@ -188,87 +248,6 @@ class Store:
         flt = f"role = '{role}'" if role else None
         t = self.read("models", ["name", "registered_at"], filter=flt).sort_by("registered_at")
         return t.column("name").to_pylist()
-
-    # ------------------------------------------------------------------ SQL
-    def stored_queries(self) -> dict[str, StoredQuery]:
-        from failstore.queries.sql.stored import StoredQuery, builtin_queries
-
-        queries = builtin_queries()
-        if self.has_table("saved_queries"):
-            for row in self.read("saved_queries").to_pylist():
-                q = StoredQuery.from_row(row)
-                queries[q.name] = q
-        return queries
-
-    def sql(
-        self,
-        query: str,
-        *,
-        params: Mapping[str, str] | None = None,
-        dialect: str | None = None,
-        timeout_s: float = config.DEFAULT_SQL_TIMEOUT_S,
-    ) -> pa.Table:
-        """Run one read-only query over every table and stored query; returns Arrow."""
-        from failstore.queries.sql.engine import SqlEngine, locked_connection
-
-        if self._con is None:
-            self._con = locked_connection()
-        names = self.table_names()
-        engine = SqlEngine(
-            datasets={n: self._opener(n) for n in names},
-            schemas={n: self.schema(n) for n in names},
-            stored=self.stored_queries(),
-            timeout_s=timeout_s,
-            connection=self._con,
-        )
-        return engine.execute(query, params=params, dialect=dialect)
-
-    def _opener(self, name: str) -> Callable[[], Any]:
-        return lambda: self.dataset(name)
-
-    def sql_polars(self, query: str, **kwargs: Any) -> pl.DataFrame:
-        import polars as pl
-
-        return pl.from_arrow(self.sql(query, **kwargs))  # type: ignore[return-value]
-
-    # ------------------------------------------------------------------ saved queries
-    def save_query(self, query: StoredQuery) -> None:
-        from failstore.queries.sql.guard import guard
-
-        names = self.table_names()
-        if query.name.lower() in {n.lower() for n in names}:
-            raise SqlRefused(f"query name {query.name!r} is a table name; choose another name")
-        stored = self.stored_queries()
-        stored.pop(query.name, None)
-        placeholders = {p.name: p.default or "NULL" for p in query.parameters}
-        # Refuse before writing: the query must pass the guard against this store.
-        guard(
-            query.sql,
-            tables={n: self.schema(n) for n in names},
-            stored=stored,
-            params=placeholders,
-        )
-        row = query.to_row()
-        row["saved_at"] = utcnow()
-        self.upsert(
-            "saved_queries",
-            pa.Table.from_pylist([row], schema=schemas.SAVED_QUERIES_SCHEMA),
-            schema=schemas.SAVED_QUERIES_SCHEMA,
-        )
-
-    def drop_query(self, name: str) -> None:
-        saved = self.saved_query_names()
-        if name not in saved:
-            raise StoreError(
-                f"no saved query '{name}'",
-                hint=f"saved queries: {', '.join(saved) or '(none)'}; built-ins cannot be dropped",
-            )
-        self.delete("saved_queries", f"name = '{name}'")
-
-    def saved_query_names(self) -> list[str]:
-        if not self.has_table("saved_queries"):
-            return []
-        return sorted(self.read("saved_queries", ["name"]).column("name").to_pylist())
 
     # ------------------------------------------------------------------ info
     def info(self) -> dict[str, Any]:

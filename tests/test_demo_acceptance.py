@@ -18,6 +18,7 @@ from failstore.demo.findings import matches
 from failstore.demo.spec import planted_slices
 from failstore.demo.world import default_spec
 from failstore.queries.slices.estimator import Slices
+from failstore.queries.sql.session import run_sql
 from failstore.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,14 +91,14 @@ def test_report_lists_the_planted_slices(demo):
 
 def test_sql_joins_predictions_tags_and_attributes(demo):
     store = Store(demo.store)
-    rows = store.sql(
+    rows = run_sql(store,
         "SELECT label, attr_background, count(*) AS n, avg(CASE WHEN correct THEN 0 ELSE 1 END) "
         "AS err FROM samples WHERE split = 'test' AND list_contains(tags, 'water') "
         "GROUP BY ALL ORDER BY n DESC"
     ).to_pylist()
     assert rows and {"label", "attr_background", "n", "err"} <= rows[0].keys()
     for q in demo.findings:
-        assert store.sql(q.sql).num_rows > 0
+        assert run_sql(store, q.sql).num_rows > 0
 
 
 def test_tagger_audit_matches_a_recount_from_the_store(demo):
@@ -109,7 +110,7 @@ def test_tagger_audit_matches_a_recount_from_the_store(demo):
     tp = int((pred & truth).sum())
     assert audit["water"]["precision"] == pytest.approx(tp / max(pred.sum(), 1))
     assert audit["water"]["recall"] == pytest.approx(tp / truth.sum())
-    metrics = store.sql("SELECT model, metric, value FROM model_metrics").to_pylist()
+    metrics = run_sql(store, "SELECT model, metric, value FROM model_metrics").to_pylist()
     assert {m["model"] for m in metrics} >= {"target", "robust", "clip"}
 
 
@@ -126,7 +127,7 @@ def test_planted_slices_fail_on_test(demo, mode):
         where = p.where("label")
         (cls,) = p.classes
         sl = (
-            store.sql(
+            run_sql(store,
                 f"SELECT avg(CASE WHEN correct THEN 0.0 ELSE 1.0 END) AS e FROM samples "
                 f"WHERE split = 'test' AND {where}"
             )
@@ -134,7 +135,7 @@ def test_planted_slices_fail_on_test(demo, mode):
             .as_py()
         )
         whole = (
-            store.sql(
+            run_sql(store,
                 f"SELECT avg(CASE WHEN correct THEN 0.0 ELSE 1.0 END) AS e FROM "
                 f"samples WHERE split = 'test' AND label = '{cls}'"
             )

@@ -9,6 +9,7 @@ from failstore.demo.run import run_demo
 from failstore.demo.train_clip import ClipConfig
 from failstore.demo.train_robust import RobustConfig
 from failstore.demo.train_target import TargetConfig
+from failstore.queries.sql.session import run_sql
 from failstore.store import Store
 
 SPEC = {
@@ -54,7 +55,7 @@ def test_custom_world_runs_end_to_end(tmp_path, monkeypatch):
     assert result.metrics["target"]["steps"] == 512 // 64  # the tiny budgets were used
     assert store.count("images") == 480 and store.count("predictions") == 480
     assert [f.planted for f in result.findings] == ["cows off grass"]
-    got = store.sql(
+    got = run_sql(store,
         "SELECT DISTINCT attr_background FROM images WHERE split = 'train' AND label = 'cow'"
     ).to_pylist()
     assert got == [{"attr_background": "grass"}]  # the custom rule holds in train

@@ -8,6 +8,7 @@ from fakes import FakeClip, FakeRobust, FakeTarget
 from failstore.errors import IngestError, InputError
 from failstore.ingest import preflight
 from failstore.ingest.pipeline import IngestOptions, ingest
+from failstore.queries.sql.session import run_sql
 from failstore.store import Store
 
 
@@ -50,7 +51,7 @@ def test_ingest_lands_one_row_per_image_and_records_bad_files(
     for r in rows:
         assert r["tags"] == [{"red": "reddish", "green": "greenish", "blue": "blueish"}[r["label"]]]
         assert len(r["robust_features"]) == 4 and r["clip_model"] == "c"
-    preds = store.sql("SELECT label, prediction, correct FROM samples").to_pylist()
+    preds = run_sql(store, "SELECT label, prediction, correct FROM samples").to_pylist()
     assert all(p["prediction"] == p["label"] and p["correct"] for p in preds)
     models = {m["name"]: m for m in store.read("models").to_pylist()}
     assert models["t1"]["class_names"] == ["red", "green", "blue"]
@@ -79,7 +80,9 @@ def test_second_target_adds_predictions_only(tmp_path, colour_folder, fakes):
     assert fakes["r"].encoded == robust_calls and fakes["c"].encoded == clip_calls
     assert fakes["t2"].encoded == 12
     assert store.count("predictions") == 24
-    got = store.sql("SELECT model, count(*) AS n FROM predictions GROUP BY model ORDER BY model")
+    got = run_sql(
+        store, "SELECT model, count(*) AS n FROM predictions GROUP BY model ORDER BY model"
+    )
     assert got.to_pylist() == [{"model": "t1", "n": 12}, {"model": "t2", "n": 12}]
 
 
@@ -128,14 +131,15 @@ def test_unknown_labels_warn_once_and_label_map_fixes_them(tmp_path, colour_fold
         "incorrect. Map them with --label-map FILE (JSON or CSV: dataset label -> model class)"
     ]
     store = Store(tmp_path / "s")
-    got = store.sql("SELECT label, target, correct FROM samples WHERE label = 'crimson'")
+    got = run_sql(store, "SELECT label, target, correct FROM samples WHERE label = 'crimson'")
     assert {(r["target"], r["correct"]) for r in got.to_pylist()} == {(None, False)}
     lm = tmp_path / "map.json"
     lm.write_text('{"crimson": "red"}')
     warnings.clear()
     ingest(tmp_path / "s2", _opts(colour_folder, label_map=lm), warn=warnings.append)
-    got = Store(tmp_path / "s2").sql(
-        "SELECT DISTINCT target, correct FROM samples WHERE label = 'crimson'"
+    got = run_sql(
+        Store(tmp_path / "s2"),
+        "SELECT DISTINCT target, correct FROM samples WHERE label = 'crimson'",
     )
     assert got.to_pylist() == [{"target": "red", "correct": True}] and warnings == []
 
@@ -172,14 +176,10 @@ def test_manifest_metadata_boxes_and_masks_land(tmp_path, colour_folder, fakes):
         f"{colour_folder}/green/0.png,green,test,,,,,,south\n"
     )
     ingest(tmp_path / "s", _opts(m))
-    rows = (
-        Store(tmp_path / "s")
-        .sql(
-            "SELECT label, split, site, boxes, mask IS NOT NULL AS has_mask "
-            "FROM images ORDER BY label"
-        )
-        .to_pylist()
-    )
+    rows = run_sql(
+        Store(tmp_path / "s"),
+        "SELECT label, split, site, boxes, mask IS NOT NULL AS has_mask FROM images ORDER BY label",
+    ).to_pylist()
     assert rows[0]["label"] == "green" and not rows[0]["boxes"] and not rows[0]["has_mask"]
     assert rows[1]["site"] == "north" and rows[1]["split"] == "val" and rows[1]["has_mask"]
     assert rows[1]["boxes"] == [{"label": None, "x0": 1.0, "y0": 2.0, "x1": 10.0, "y1": 12.0}]

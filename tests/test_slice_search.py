@@ -100,7 +100,9 @@ def test_wide_keys_path_matches_oracle():
     rng = np.random.default_rng(3)
     x = rng.random((300, 6)) < 0.8
     correct = rng.random(300) > 0.3 + 0.5 * x[:, 0] * x[:, 1] * x[:, 2]
-    params = SliceParams(max_tags=40, min_size=5, min_drop=0.0, min_gain=0.0)
+    params = SliceParams(max_tags=5, min_size=5, min_drop=0.0, min_gain=0.0)
+    # Past the declared limit (5) on purpose: with 6 tags only this reaches the wide-key path.
+    object.__setattr__(params, "max_tags", 40)
     fast = find_slices(x, correct, names(6), params)
     assert fast.num_rows > 20
     assert_same(fast, brute_force_slices(x, correct, names(6), params))

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pyarrow as pa
 import pytest
+from docs_tables import DOCS, doc_columns
 from typer.testing import CliRunner
 
 from failstore import schemas
@@ -14,6 +17,7 @@ from failstore.cli.app import app
 from failstore.errors import ConfigError, StoreError
 from failstore.queries.slices.estimator import Slices
 from failstore.queries.slices.search import SliceParams, find_slices
+from failstore.queries.sql.session import run_sql
 from failstore.store import Store
 
 BACKGROUNDS = ["water", "sand", "snow"]
@@ -103,7 +107,7 @@ def test_tags_from_columns_gives_col_value_tags(store):
 
 def test_results_equal_find_slices_per_class(store):
     est = Slices(min_size=20).fit(store)
-    data = store.sql("SELECT label, correct, tags FROM samples ORDER BY image_id").to_pylist()
+    data = run_sql(store, "SELECT label, correct, tags FROM samples ORDER BY image_id").to_pylist()
     names = sorted({t for r in data for t in r["tags"]})
     for cls in ("cat", "dog"):
         rows = [r for r in data if r["label"] == cls]
@@ -132,14 +136,20 @@ def test_rerun_reuses_and_store_change_recomputes(store):
 def test_stored_query_shows_latest_run(store):
     Slices(min_size=20).fit(store)
     Slices(min_size=25, split="val").fit(store)
-    got = store.sql("SELECT class, tags, size FROM slices WHERE class = 'dog'").to_pylist()
+    got = run_sql(store, "SELECT class, tags, size FROM slices WHERE class = 'dog'").to_pylist()
     want = Slices(min_size=25, split="val", classes=["dog"]).fit(store).results_
     assert got == want.select(["class", "tags", "size"]).to_pylist()
 
 
 def test_bad_parameters_and_missing_columns(store):
-    with pytest.raises(ConfigError, match="--by must be 'label' or 'prediction', got 'lable'"):
+    with pytest.raises(
+        ConfigError, match=r"^by must be one of 'label', 'prediction', got 'lable'$"
+    ):
         Slices(by="lable").fit(store)
+    with pytest.raises(ConfigError, match=r"^max_tags must be between 1 and 5, got 6$"):
+        Slices(max_tags=6).fit(store)
+    with pytest.raises(ConfigError, match=r"^min_size must be a whole number, got 2\.5$"):
+        Slices(min_size=2.5).fit(store)
     with pytest.raises(
         ConfigError, match="images has no column 'attr_sise'; did you mean 'attr_size'"
     ):
@@ -169,34 +179,75 @@ def test_cli_json_has_exactly_the_documented_fields(store):
     )
     assert r.exit_code == 0, r.output
     rows = json.loads(r.stdout)
-    assert list(rows[0]) == [
-        "class",
-        "grouping",
-        "model",
-        "tags",
-        "size",
-        "errors",
-        "error_rate",
-        "base_error_rate",
-        "accuracy_drop",
-        "error_coverage",
-        "importance",
-        "p_value",
-        "q_value",
-        "description",
-        "eval_size",
-        "eval_error_rate",
-        "eval_accuracy_drop",
-        "holds",
-    ]
+    # The fields of docs/slices.md's output tables, in their order (eval ones included here).
+    assert list(rows[0]) == doc_columns(DOCS / "slices.md", "## Output")
     assert rows[0]["tags"] == ["small", "snow"]
 
 
-def test_every_analysis_result_table_is_a_reserved_name():
-    import failstore.queries.slices.estimator  # noqa: F401  (registers the subclass)
-    from failstore.queries.framework.analysis import Analysis
+def test_cli_names_the_flag_in_parameter_errors(store):
+    r = CliRunner().invoke(app, ["--store", str(store.path), "slices", "--max-tags", "7"])
+    assert r.exit_code != 0
+    r = subprocess.run(
+        [sys.executable, "-m", "failstore.cli.app", "--store", str(store.path), "slices",
+         "--by", "lable"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert r.returncode == 1
+    assert r.stderr == "error: --by must be one of 'label', 'prediction', got 'lable'\n"
 
-    subclasses = Analysis.__subclasses__()
-    assert subclasses
-    for cls in subclasses:
-        assert cls.result_table in schemas.RESULT_TABLES, cls
+
+def test_every_run_is_kept_whatever_its_columns(store):
+    plain = Slices(split="val", min_size=20).fit(store)
+    evald = Slices(split="val", eval_split="test", min_size=20).fit(store)
+    assert plain.run_id_ != evald.run_id_
+    rows = store.read("prime_slices", ["run_id", "eval_size"])
+    per_run = {
+        r: rows.filter(pa.compute.equal(rows["run_id"], r)) for r in (plain.run_id_, evald.run_id_)
+    }
+    assert per_run[plain.run_id_].num_rows == plain.results_.num_rows > 0
+    assert per_run[evald.run_id_].num_rows == evald.results_.num_rows > 0
+    assert per_run[plain.run_id_].column("eval_size").null_count == plain.results_.num_rows
+    assert per_run[evald.run_id_].column("eval_size").null_count == 0
+    # reusing the first run finds its rows untouched
+    again = Slices(split="val", min_size=20).fit(store)
+    assert again.reused_ and again.results_.equals(plain.results_)
+    assert store.count("analysis_runs") == 2
+
+
+def test_stored_query_shows_the_latest_run_per_tag_source(store):
+    clip = Slices(split="val", min_size=20).fit(store)
+    cols = Slices(split="val", min_size=20, tags_from=["attr_background", "attr_size"]).fit(store)
+    newer = Slices(split="val", min_size=25).fit(store)  # replaces `clip` for readers
+    got = run_sql(store, "SELECT run_id, tag_source, count(*) AS n FROM slices GROUP BY ALL")
+    want = {
+        (newer.run_id_, "tags", newer.results_.num_rows),
+        (cols.run_id_, "attr_background,attr_size", cols.results_.num_rows),
+    }
+    assert {tuple(r.values()) for r in got.to_pylist()} == want
+    assert clip.run_id_ not in {r["run_id"] for r in got.to_pylist()}
+    only = run_sql(store, "SELECT DISTINCT tag_source FROM slices", params={"tag_source": "tags"})
+    assert only.to_pylist() == [{"tag_source": "tags"}]
+
+
+def test_querying_slices_before_any_run_says_what_to_run(tmp_path):
+    from failstore.errors import SqlRefused
+
+    empty = Store.init(tmp_path / "empty")
+    empty.upsert("ingest_errors", pa.table({"uri": ["a"], "reason": ["x"], "time": [None]},
+                 schema=schemas.INGEST_ERRORS_SCHEMA))  # fmt: skip
+    with pytest.raises(SqlRefused, match=r"^no `slices` run yet: run `failstore slices`$"):
+        run_sql(empty, "SELECT * FROM slices")
+    with pytest.raises(SqlRefused, match=r"^no `slices` run yet: run `failstore slices`$"):
+        run_sql(empty, "SELECT * FROM prime_slices")
+
+
+def test_every_analysis_result_table_is_a_reserved_name():
+    from failstore.errors import SqlRefused
+    from failstore.queries.framework import registry
+    from failstore.queries.sql.session import make_user_query
+
+    tables = registry.result_tables()
+    assert tables["prime_slices"] == "slices"
+    for table in tables:
+        with pytest.raises(SqlRefused, match=f"query name '{table}' is a table name"):
+            make_user_query(table, "SELECT 1")

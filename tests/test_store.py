@@ -7,6 +7,7 @@ import pytest
 
 from failstore import schemas
 from failstore.errors import StoreError
+from failstore.queries.sql.session import run_sql, session
 from failstore.store import Store
 
 
@@ -120,20 +121,21 @@ def test_sql_reuses_one_locked_connection_across_queries_and_failures(tmp_path):
 
     store = Store.init(tmp_path / "s")
     store.upsert("ingest_errors", _errors([f"u{i}" for i in range(300)]))
-    assert store.sql("SELECT count(*) AS n FROM ingest_errors").to_pylist() == [{"n": 300}]
-    con = store._con
+    assert run_sql(store, "SELECT count(*) AS n FROM ingest_errors").to_pylist() == [{"n": 300}]
+    con = session(store)._con
     with pytest.raises(SqlRefused):
-        store.sql("DELETE FROM ingest_errors")
+        run_sql(store, "DELETE FROM ingest_errors")
     with pytest.raises(SqlTimeout):
-        store.sql(
+        run_sql(
+            store,
             "SELECT count(*) FROM ingest_errors a, ingest_errors b, ingest_errors c, "
             "ingest_errors d",
             timeout_s=0.2,
         )
-    assert store._con is con
+    assert session(store)._con is con
     import duckdb
 
     with pytest.raises(duckdb.CatalogException):  # unregistered after each query
         con.sql("SELECT * FROM ingest_errors").fetchall()
     assert con.sql("SELECT current_setting('enable_external_access')").fetchall() == [(False,)]
-    assert store.sql("SELECT count(*) AS n FROM ingest_errors").to_pylist() == [{"n": 300}]
+    assert run_sql(store, "SELECT count(*) AS n FROM ingest_errors").to_pylist() == [{"n": 300}]

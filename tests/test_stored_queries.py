@@ -13,11 +13,11 @@ import pytest
 
 from failstore.errors import InputError, SqlError, SqlRefused
 from failstore.queries.sql.engine import SqlEngine
+from failstore.queries.sql.session import make_user_query
 from failstore.queries.sql.stored import (
     Param,
     StoredQuery,
     builtin_queries,
-    make_user_query,
     parse_sql_file,
 )
 from failstore.schemas import (

@@ -12,7 +12,13 @@ from typing import Annotated
 
 import typer
 
-from failstore.cli import commands_analyses, commands_demo, commands_sql, commands_store
+from failstore.cli import (
+    commands_analyses,
+    commands_demo,
+    commands_runs,
+    commands_sql,
+    commands_store,
+)
 from failstore.cli.state import State
 
 app = typer.Typer(
@@ -49,6 +55,7 @@ def _global(
 commands_store.register(app)
 commands_sql.register(app)
 commands_analyses.register(app)
+commands_runs.register(app)
 commands_demo.register(app)
 
 
@@ -74,6 +81,10 @@ def main(argv: list[str] | None = None) -> None:
         e.show()
         sys.exit(e.exit_code)
     except FailstoreError as e:
+        from failstore.queries.framework.params import ParamError
+
+        if isinstance(e, ParamError):  # an analysis parameter given on the command line
+            e = e.for_cli()
         if debug:
             raise
         print(f"error: {e.one_line()}", file=sys.stderr)

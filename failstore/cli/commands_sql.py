@@ -7,11 +7,10 @@ from typing import Annotated
 
 import typer
 
-from failstore.cli.output import Format, emit
+from failstore import config
+from failstore.cli.output import Format, FormatOpt, emit
 from failstore.cli.state import state
 from failstore.errors import ConfigError
-
-FormatOpt = Annotated[Format, typer.Option("--format", "-f", help="Output format.")]
 
 
 def parse_params(items: list[str] | None) -> dict[str, str]:
@@ -48,14 +47,18 @@ def sql(
             help="KEY=VALUE for $KEY placeholders and stored-query parameters; repeatable.",
         ),
     ] = None,
-    timeout: Annotated[float, typer.Option(help="Time limit in seconds.")] = 120.0,
+    timeout: Annotated[
+        float, typer.Option(help="Time limit in seconds.")
+    ] = config.DEFAULT_SQL_TIMEOUT_S,
 ) -> None:
     """Run one read-only SQL query over every table and stored query.
 
     Example: failstore sql "SELECT label, count(*) AS n FROM images GROUP BY label" -f json
     """
+    from failstore.queries.sql.session import run_sql
+
     store = state(ctx).open_store()
-    table = store.sql(query, params=parse_params(param), dialect=dialect, timeout_s=timeout)
+    table = run_sql(store, query, params=parse_params(param), dialect=dialect, timeout_s=timeout)
     if out is not None:
         import pyarrow.parquet as pq
 
@@ -79,7 +82,9 @@ def list_queries(ctx: typer.Context, fmt: FormatOpt = Format.table) -> None:
     """
     import pyarrow as pa
 
-    stored = state(ctx).open_store().stored_queries()
+    from failstore.queries.sql.session import session
+
+    stored = session(state(ctx).open_store()).stored_queries()
     rows = [
         {
             "name": q.name,
@@ -99,8 +104,9 @@ def show_query(ctx: typer.Context, name: str) -> None:
     Example: failstore queries show class_error_rates
     """
     from failstore.errors import StoreError
+    from failstore.queries.sql.session import session
 
-    stored = state(ctx).open_store().stored_queries()
+    stored = session(state(ctx).open_store()).stored_queries()
     if name not in stored:
         raise StoreError(f"no stored query '{name}'", hint=f"known: {', '.join(sorted(stored))}")
     q = stored[name]
@@ -130,11 +136,11 @@ def save_query(
 
     Example: failstore queries save wrong "SELECT * FROM samples WHERE NOT correct"
     """
-    from failstore.queries.sql.stored import make_user_query
+    from failstore.queries.sql.session import make_user_query, session
 
     store = state(ctx).open_store()
     q = make_user_query(name, query, description, parse_params(param))
-    store.save_query(q)
+    session(store).save_query(q)
     typer.echo(f"saved query '{name}'")
 
 
@@ -144,7 +150,9 @@ def drop_query(ctx: typer.Context, name: str) -> None:
 
     Example: failstore queries drop wrong_birds
     """
-    state(ctx).open_store().drop_query(name)
+    from failstore.queries.sql.session import session
+
+    session(state(ctx).open_store()).drop_query(name)
     typer.echo(f"dropped query '{name}'")
 
 

@@ -8,10 +8,9 @@ from typing import Annotated
 
 import typer
 
-from failstore.cli.output import Format, emit
+from failstore import config
+from failstore.cli.output import Format, FormatOpt, emit
 from failstore.cli.state import state
-
-FormatOpt = Annotated[Format, typer.Option("--format", "-f", help="Output format.")]
 
 
 def init(
@@ -103,7 +102,9 @@ def ingest(
         ),
     ] = None,
     split: Annotated[str | None, typer.Option(help="Split name for sources without one.")] = None,
-    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 64,
+    batch_size: Annotated[
+        int, typer.Option(help="Images per forward pass.")
+    ] = config.DEFAULT_BATCH_SIZE,
     workers: Annotated[
         int | None,
         typer.Option(help="Decode worker processes (0: inline; default: half the cores)."),
@@ -120,7 +121,6 @@ def ingest(
 
     Example: failstore --store S ingest photos/ --target efficientnet_lite0
     """
-    from failstore import config
     from failstore.ingest.pipeline import IngestOptions
     from failstore.ingest.pipeline import ingest as run
 

@@ -11,15 +11,22 @@ from collections.abc import Iterator
 from datetime import date, datetime
 from decimal import Decimal
 from enum import Enum
-from typing import Any, TextIO
+from typing import Annotated, Any, TextIO
 
 import pyarrow as pa
+import typer
 
 
 class Format(str, Enum):
     table = "table"
     json = "json"
     csv = "csv"
+
+
+# The one output option every printing command takes (as sqlite-utils' output_options).
+FormatOpt = Annotated[
+    Format, typer.Option("--format", "-f", help="Output format: table, json or csv.")
+]
 
 
 MAX_LIST_SHOWN = 6  # lists longer than this are elided in table output

@@ -177,15 +177,10 @@ def _write_demo_tables(store: Store, metrics: dict[str, Any], log: Log) -> float
             for k, v in m.items():
                 if isinstance(v, (int, float)) and not isinstance(v, bool):
                     rows.append({"model": model, "metric": k, "value": float(v)})
-    store.replace(
-        "model_metrics",
-        pa.Table.from_pylist(
-            rows,
-            schema=pa.schema(
-                [("model", pa.string()), ("metric", pa.string()), ("value", pa.float64())]
-            ),
-        ),
-    )
+    _write_demo_table(
+        store, "model_metrics", pa.Table.from_pylist(rows, schema=MODEL_METRICS_SCHEMA),
+        params={"metrics": rows}, reads=("models",),
+    )  # fmt: skip
     vocab = store.read("models", ["tags"], filter="role = 'clip'").column("tags")[0].as_py()
     cols = [a for a in ATTRIBUTES if a in store.schema("images").names]
     data = store.read("images", ["tags", *cols], filter=f"split = '{HOLDOUT_SPLIT}'")
@@ -203,10 +198,35 @@ def _write_demo_tables(store: Store, metrics: dict[str, Any], log: Log) -> float
         for t, a in zip(vocab, attr_of, strict=True)
     ]
     audit = tagger_audit(pred, truth, specs)
-    store.replace("tagger_audit", audit)
+    _write_demo_table(
+        store, "tagger_audit", audit, params={"split": HOLDOUT_SPLIT}, reads=("images", "models")
+    )
     macro = float(macro_f1(audit))
     log(f"tagger audit on {HOLDOUT_SPLIT}: macro-F1 {macro:.3f} over {len(vocab)} tags")
     return macro
+
+
+MODEL_METRICS_SCHEMA = pa.schema(
+    [("model", pa.string()), ("metric", pa.string()), ("value", pa.float64())]
+)
+
+
+def _write_demo_table(
+    store: Store, table: str, rows: pa.Table, params: dict[str, Any], reads: tuple[str, ...]
+) -> None:
+    """A demo table written as an analysis run would be: rows stamped with ``run_id`` and
+    appended, the run recorded in ``analysis_runs``; the same inputs again write nothing."""
+    from failstore.queries.framework.analysis import has_run, run_identity, write_run
+
+    versions = store.versions(list(reads))
+    name = f"demo.{table}"
+    run_id = run_identity(name, params, versions)
+    if has_run(store, run_id, table):
+        return
+    write_run(
+        store, analysis=name, result_table=table, result=rows, schema=rows.schema,
+        params=params, run_key={}, versions=versions, seconds=0.0, run_id=run_id,
+    )  # fmt: skip
 
 
 def _slices_findings(store: Store, planted: list[Any], tags_from: list[str] | None) -> list[Any]:

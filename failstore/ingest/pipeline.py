@@ -22,34 +22,14 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from failstore import config, schemas
+from failstore import schemas
 from failstore.errors import ConfigError, IngestError
 from failstore.ingest import preflight, rows
 from failstore.ingest.labels import load_label_map, map_labels, unknown_labels
+from failstore.ingest.options import IngestOptions
 from failstore.ingest.progress import progress_bar
 from failstore.models.protocol import ModelAdapter, Preprocess
 from failstore.store import Store, utcnow
-
-
-@dataclass
-class IngestOptions:
-    source: str | Path
-    target: str | None = None
-    robust: str | None = None
-    clip: str | None = None
-    layer: str | None = None
-    robust_layer: str | None = None
-    tags: str | Path | None = None
-    tag_threshold: float | None = None
-    class_names: str | Path | None = None
-    label_map: str | Path | None = None
-    split: str | None = None
-    batch_size: int = config.DEFAULT_BATCH_SIZE
-    workers: int = field(default_factory=config.default_workers)
-    device: str = "cpu"
-    strict: bool = False
-    limit: int | None = None
-    commit_every: int = config.DEFAULT_COMMIT_EVERY
 
 
 @dataclass

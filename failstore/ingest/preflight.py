@@ -12,7 +12,7 @@ from failstore.models.protocol import ModelAdapter
 from failstore.store import Store
 
 if TYPE_CHECKING:
-    from failstore.ingest.pipeline import IngestOptions
+    from failstore.ingest.options import IngestOptions
 
 
 def resolve_models(opts: IngestOptions) -> dict[str, ModelAdapter]:

@@ -1,67 +1,98 @@
-"""What every analysis shares: estimator conventions, provenance and reuse of results.
+"""What every analysis shares: estimator conventions, declared parameters, and runs kept.
 
 An analysis is a small class in the scikit-learn style: parameters are ``__init__`` keyword
-arguments stored under the same names, ``fit(store)`` computes, and learned state ends in ``_``
-(``results_``, ``run_id_``, ``source_versions_``, ``reused_``). Results are Arrow tables written
-to the store in ``result_table``, one set of rows per run (column ``run_id``), and each run is
-recorded in the ``analysis_runs`` table with its parameters and the Lance versions of the tables
-it read. Fitting again with the same parameters on an unchanged store reuses the stored rows.
+arguments stored under the same names (declared once in ``params``), ``fit(store)`` computes,
+and learned state ends in ``_`` (``results_``, ``run_id_``, ``source_versions_``, ``reused_``).
+
+Every run appends its rows, stamped with ``run_id``, to the analysis's ``result_table`` and is
+recorded in ``analysis_runs`` (parameters, the Lance versions of the tables it read, rows,
+seconds). Runs are never rewritten: other runs' rows stay whatever their parameters. Fitting
+again with the same parameters on an unchanged store reuses the stored rows. The analysis's
+stored query (``<name>.sql`` beside it) shows the latest run per ``run_key``: the parameters
+that tell runs apart to a reader (e.g. the tag source of slices).
 """
 
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
+import time
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
+from failstore.queries.framework.params import Param, check_params
+from failstore.schemas import ANALYSIS_RUNS_SCHEMA
 from failstore.store import Store, utcnow
 
-RUNS_SCHEMA = pa.schema(
-    [
-        pa.field("run_id", pa.string(), nullable=False),
-        pa.field("analysis", pa.string()),
-        pa.field("result_table", pa.string()),
-        pa.field("params", pa.string()),  # JSON
-        pa.field("source_versions", pa.string()),  # JSON {table: version}
-        pa.field("rows", pa.int64()),
-        pa.field("seconds", pa.float64()),
-        pa.field("created_at", pa.timestamp("us", tz="UTC")),
-        pa.field("used_at", pa.timestamp("us", tz="UTC")),  # last fit that computed or reused it
-    ]
-)
+# Every Analysis subclass with a name, by name (see registry.analyses() for the complete list).
+REGISTERED: dict[str, type[Analysis]] = {}
+
+
+def _register(cls: type[Analysis]) -> None:
+    """Names and result tables must be unique across analyses."""
+    for other in REGISTERED.values():
+        if other.__module__ == cls.__module__ and other.__qualname__ == cls.__qualname__:
+            continue  # the same class, its module imported again
+        if other.name == cls.name:
+            raise TypeError(f"two analyses named {cls.name!r}: {other} and {cls}")
+        if other.result_table == cls.result_table:
+            raise TypeError(f"{other} and {cls} both write {cls.result_table!r}")
+    REGISTERED[cls.name] = cls
 
 
 class Analysis:
-    """Base class; subclasses set ``name``, ``result_table``, ``reads`` and implement
-    ``_compute(store) -> pa.Table``."""
+    """Base class. Subclasses set ``name`` (also the CLI command and the stored query),
+    ``result_table``, ``result_schema`` (the columns of a run's rows; ``run_id`` is added),
+    ``reads`` (tables whose versions stamp a run), ``params`` and implement
+    ``_compute(store, params) -> pa.Table``."""
 
     name: ClassVar[str] = ""
     result_table: ClassVar[str] = ""
+    result_schema: ClassVar[pa.Schema] = pa.schema([])
     reads: ClassVar[tuple[str, ...]] = ("images", "predictions", "models")
+    params: ClassVar[tuple[Param, ...]] = ()
+    # Parameters that only filter what ``fit`` returns; they are not part of a run.
+    view_params: ClassVar[tuple[str, ...]] = ()
+    # Parameters that tell runs apart to a reader: the stored query shows the latest run of each.
+    run_key: ClassVar[tuple[str, ...]] = ()
+    # The CLI command (``failstore <command>``); the name unless set.
+    command: ClassVar[str] = ""
 
     results_: pa.Table
     run_id_: str
     source_versions_: dict[str, int]
     reused_: bool
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.name:
+            if not cls.__dict__.get("command"):
+                cls.command = cls.name
+            _register(cls)
+
     # -- estimator conventions -------------------------------------------------
     @classmethod
     def _param_names(cls) -> list[str]:
-        sig = inspect.signature(cls.__init__)
-        return [p for p in sig.parameters if p != "self"]
+        return [p.name for p in cls.params]
 
-    def get_params(self) -> dict[str, Any]:
+    @classmethod
+    def param(cls, name: str) -> Param:
+        for p in cls.params:
+            if p.name == name:
+                return p
+        raise KeyError(name)
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self._param_names()}
 
     def set_params(self, **params: Any) -> Analysis:
         names = set(self._param_names())
         for k, v in params.items():
             if k not in names:
-                raise ValueError(f"{type(self).__name__} has no parameter '{k}'")
+                known = ", ".join(sorted(names))
+                raise ValueError(f"{type(self).__name__} has no parameter '{k}' (it has {known})")
             setattr(self, k, v)
         return self
 
@@ -71,89 +102,139 @@ class Analysis:
 
     # -- running ------------------------------------------------------------------
     def resolved_params(self, store: Store) -> dict[str, Any]:
-        """Parameters with defaults that depend on the store filled in (e.g. the model)."""
-        return self.get_params()
+        """The run's parameters: checked, view-only ones removed, store defaults filled in."""
+        checked = check_params(self.params, self.get_params())
+        for name in self.view_params:
+            checked.pop(name)
+        return self._resolve(store, checked)
+
+    def _resolve(self, store: Store, params: dict[str, Any]) -> dict[str, Any]:
+        """Fill in defaults that depend on the store (e.g. the last target model)."""
+        return params
 
     def _compute(self, store: Store, params: dict[str, Any]) -> pa.Table:
         raise NotImplementedError  # pragma: no cover - abstract
 
     def fit(self, store: Store, *, reuse: bool = True) -> Analysis:
-        import time
-
         params = self.resolved_params(store)
         versions = store.versions([t for t in self.reads if store.has_table(t)])
-        run_id = _run_id(self.name, params, versions)
+        run_id = run_identity(self.name, params, versions)
         self.source_versions_ = versions
         self.run_id_ = run_id
-        if reuse and _has_run(store, run_id, self.result_table):
+        if reuse and has_run(store, run_id, self.result_table):
             self.results_ = self._load(store, run_id)
             self.reused_ = True
-            touch = pa.table(
-                {"run_id": [run_id], "used_at": [utcnow()]},
-                schema=pa.schema([RUNS_SCHEMA.field("run_id"), RUNS_SCHEMA.field("used_at")]),
-            )
-            store.upsert("analysis_runs", touch, insert=False)
+            touch_run(store, run_id)
             return self
         start = time.perf_counter()
-        result = self._compute(store, params)
-        seconds = time.perf_counter() - start
-        self._save(store, run_id, params, versions, result, seconds)
+        result = conform(self._compute(store, params), self.result_schema, type(self).__name__)
+        write_run(
+            store,
+            analysis=self.name,
+            result_table=self.result_table,
+            result=result,
+            schema=self.result_schema,
+            params=params,
+            run_key={k: params.get(k) for k in self.run_key},
+            versions=versions,
+            seconds=time.perf_counter() - start,
+            run_id=run_id,
+        )
         self.results_ = result
         self.reused_ = False
         return self
 
-    def _save(
-        self,
-        store: Store,
-        run_id: str,
-        params: dict[str, Any],
-        versions: dict[str, int],
-        result: pa.Table,
-        seconds: float,
-    ) -> None:
-        stamped = result.append_column("run_id", pa.array([run_id] * result.num_rows, pa.string()))
-        meta = {
-            "failstore.analysis": self.name,
-            "failstore.run_id": run_id,
-            "failstore.params": json.dumps(params, sort_keys=True, default=str),
-            "failstore.source_versions": json.dumps(versions, sort_keys=True),
-        }
-        if store.has_table(self.result_table):
-            old = store.read(self.result_table)
-            if old.schema.remove_metadata() == stamped.schema.remove_metadata():
-                keep = old.filter(pc.not_equal(old.column("run_id"), run_id))
-                stamped = pa.concat_tables([keep, stamped.cast(keep.schema)])
-        # Result tables are small: rewrite with all runs in one atomic commit.
-        store.replace(self.result_table, stamped, metadata=meta)
-        row = {
-            "run_id": run_id,
-            "analysis": self.name,
-            "result_table": self.result_table,
-            "params": meta["failstore.params"],
-            "source_versions": meta["failstore.source_versions"],
-            "rows": result.num_rows,
-            "seconds": seconds,
-            "created_at": utcnow(),
-            "used_at": utcnow(),
-        }
-        store.upsert(
-            "analysis_runs", pa.Table.from_pylist([row], schema=RUNS_SCHEMA), schema=RUNS_SCHEMA
-        )
-
     def _load(self, store: Store, run_id: str) -> pa.Table:
-        t = store.read(self.result_table, filter=f"run_id = '{run_id}'")
-        return t.drop_columns(["run_id"]).replace_schema_metadata(None)
+        t = store.read(self.result_table, self.result_schema.names, filter=f"run_id = '{run_id}'")
+        return conform(t, self.result_schema, type(self).__name__)
 
 
-def _run_id(name: str, params: dict[str, Any], versions: dict[str, int]) -> str:
-    blob = json.dumps({"a": name, "p": params, "v": versions}, sort_keys=True, default=str)
+def conform(table: pa.Table, schema: pa.Schema, who: str) -> pa.Table:
+    """``table`` with exactly ``schema``'s columns, in order: declared columns it lacks are null
+    (e.g. the eval columns of a run without an eval split); an undeclared column is a bug."""
+    extra = [c for c in table.column_names if c not in schema.names]
+    if extra:
+        raise TypeError(f"{who} returned undeclared columns {extra}")
+    columns = [
+        table.column(f.name).cast(f.type)
+        if f.name in table.column_names
+        else pa.nulls(table.num_rows, f.type)
+        for f in schema
+    ]
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def run_identity(name: str, params: Mapping[str, Any], versions: Mapping[str, int]) -> str:
+    """A run's id: a hash of the analysis, its parameters and the versions it read."""
+    blob = _dumps({"a": name, "p": params, "v": versions})
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _has_run(store: Store, run_id: str, table: str) -> bool:
-    if not store.has_table("analysis_runs") or not store.has_table(table):
+def has_run(store: Store, run_id: str, table: str) -> bool:
+    """The run is recorded and its rows are there (or it had none)."""
+    if not store.has_table("analysis_runs"):
         return False
-    return store.count("analysis_runs", filter=f"run_id = '{run_id}'") > 0 and (
-        store.count(table, filter=f"run_id = '{run_id}'") > 0
-        or store.count("analysis_runs", filter=f"run_id = '{run_id}' AND rows = 0") > 0
+    runs = store.read("analysis_runs", ["rows"], filter=f"run_id = '{run_id}'")
+    if runs.num_rows == 0:
+        return False
+    if runs.column("rows")[0].as_py() == 0:
+        return True
+    return store.has_table(table) and store.count(table, filter=f"run_id = '{run_id}'") > 0
+
+
+def touch_run(store: Store, run_id: str) -> None:
+    """Mark a reused run as the latest used (the stored queries show the latest)."""
+    fields = [ANALYSIS_RUNS_SCHEMA.field("run_id"), ANALYSIS_RUNS_SCHEMA.field("used_at")]
+    touch = pa.table({"run_id": [run_id], "used_at": [utcnow()]}, schema=pa.schema(fields))
+    store.upsert("analysis_runs", touch, insert=False)
+
+
+def write_run(
+    store: Store,
+    *,
+    analysis: str,
+    result_table: str,
+    result: pa.Table,
+    schema: pa.Schema,
+    params: Mapping[str, Any],
+    run_key: Mapping[str, Any],
+    versions: Mapping[str, int],
+    seconds: float,
+    run_id: str | None = None,
+) -> str:
+    """Append one run's rows (stamped with ``run_id``) to ``result_table`` and record the run.
+
+    Other runs' rows are never touched. The rows land before the ``analysis_runs`` record, so a
+    crash in between leaves a run that ``has_run`` does not count and a rerun completes."""
+    run_id = run_id or run_identity(analysis, params, versions)
+    full = pa.schema([*schema, pa.field("run_id", pa.string(), nullable=False)])
+    stamped = result.append_column("run_id", pa.array([run_id] * result.num_rows, pa.string()))
+    if store.has_table(result_table) and store.count(result_table, f"run_id = '{run_id}'"):
+        store.delete(result_table, f"run_id = '{run_id}'")  # a forced recompute of this run
+    if result.num_rows or not store.has_table(result_table):
+        store.append(result_table, stamped, schema=full)
+    now = utcnow()
+    row = {
+        "run_id": run_id,
+        "analysis": analysis,
+        "result_table": result_table,
+        "params": _dumps(params),
+        "run_key": _dumps(run_key),
+        "source_versions": _dumps(versions),
+        "rows": result.num_rows,
+        "seconds": float(seconds),
+        "created_at": now,
+        "used_at": now,
+    }
+    if store.has_table("analysis_runs"):
+        store.ensure_columns("analysis_runs", [ANALYSIS_RUNS_SCHEMA.field("run_key")])
+    store.upsert(
+        "analysis_runs",
+        pa.Table.from_pylist([row], schema=ANALYSIS_RUNS_SCHEMA),
+        schema=ANALYSIS_RUNS_SCHEMA,
     )
+    return run_id

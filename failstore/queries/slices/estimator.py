@@ -18,7 +18,13 @@ import pyarrow.compute as pc
 
 from failstore.errors import ConfigError, StoreError
 from failstore.queries.framework.analysis import Analysis
-from failstore.queries.slices.search import SliceParams, find_slices, slice_schema
+from failstore.queries.framework.params import Param
+from failstore.queries.slices.search import (
+    SEARCH_PARAMS,
+    SliceParams,
+    find_slices,
+    slice_schema,
+)
 from failstore.store import Store
 
 GROUPINGS = ("label", "prediction")
@@ -32,11 +38,48 @@ class TagMatrix:
     names: list[str]
 
 
+RESULT_SCHEMA = pa.schema(
+    [
+        pa.field("class", pa.string()),
+        pa.field("grouping", pa.string()),
+        pa.field("model", pa.string()),
+        pa.field("tag_source", pa.string()),
+        *slice_schema(with_eval=True),
+    ]
+)
+
+
 class Slices(Analysis):
     """PRIME failure slices. Parameters mirror ``failstore slices`` options."""
 
     name = "slices"
     result_table = "prime_slices"
+    result_schema = RESULT_SCHEMA
+    params = (
+        Param(
+            "classes", None, "Only this class (repeatable; default: all classes).",
+            optional=True, many=True, flag="--class",
+        ),
+        Param("by", "label", "Group images by 'label' or 'prediction'.", choices=GROUPINGS),
+        Param("split", None, "Only images of this split (default: all).", optional=True),
+        Param(
+            "model", None, "Target model (default: the last ingested).", optional=True,
+        ),
+        Param(
+            "tags_from", None,
+            "Slice on categorical columns COL,COL,... (tags COL=value) instead of CLIP tags.",
+            optional=True, many=True, csv=True,
+        ),
+        *SEARCH_PARAMS,
+        Param(
+            "eval_split", None,
+            "Also evaluate each slice on this split "
+            "(eval_size, eval_error_rate, eval_accuracy_drop, holds).",
+            optional=True,
+        ),
+    )  # fmt: skip
+    view_params = ("classes",)  # results cover all classes; `classes` filters what is returned
+    run_key = ("model", "by", "tags_from")
 
     def __init__(
         self,
@@ -62,20 +105,9 @@ class Slices(Analysis):
         self.min_gain = min_gain
         self.eval_split = eval_split
 
-    def resolved_params(self, store: Store) -> dict[str, Any]:
-        p = self.get_params()
-        if p["by"] not in GROUPINGS:
-            raise ConfigError(f"--by must be 'label' or 'prediction', got '{p['by']}'")
-        if not 1 <= int(p["max_tags"]) <= 5:
-            raise ConfigError(f"--max-tags must be between 1 and 5, got {p['max_tags']}")
-        if int(p["min_size"]) < 1:
-            raise ConfigError(f"--min-size must be >= 1, got {p['min_size']}")
-        p["model"] = p["model"] or _default_model(store)
-        p["classes"] = sorted(p["classes"]) if p["classes"] else None
-        p["tags_from"] = list(p["tags_from"]) if p["tags_from"] else None
-        # Results cover all classes; `classes` only filters what is returned.
-        p.pop("classes")
-        return p
+    def _resolve(self, store: Store, params: dict[str, Any]) -> dict[str, Any]:
+        params["model"] = params["model"] or _default_model(store)
+        return params
 
     def fit(self, store: Store, *, reuse: bool = True) -> Slices:
         super().fit(store, reuse=reuse)
@@ -86,6 +118,7 @@ class Slices(Analysis):
 
     def _compute(self, store: Store, params: dict[str, Any]) -> pa.Table:
         model = params["model"]
+        source = tag_source(params["tags_from"])
         data = load_frame(store, model, params["tags_from"], params["split"])
         tags = tag_matrix(store, data, params["tags_from"])
         ev = None
@@ -118,6 +151,7 @@ class Slices(Analysis):
             )
             if t.num_rows:
                 n = t.num_rows
+                t = t.add_column(0, "tag_source", pa.array([source] * n, pa.string()))
                 t = t.add_column(0, "model", pa.array([model] * n, pa.string()))
                 t = t.add_column(0, "grouping", pa.array([by] * n, pa.string()))
                 t = t.add_column(0, "class", pa.array([cls] * n, pa.string()))
@@ -137,8 +171,13 @@ class Slices(Analysis):
 
 
 def _empty(with_eval: bool) -> pa.Table:
-    head = [pa.field(c, pa.string()) for c in ("class", "grouping", "model")]
+    head = [pa.field(c, pa.string()) for c in ("class", "grouping", "model", "tag_source")]
     return pa.schema(head + list(slice_schema(with_eval))).empty_table()
+
+
+def tag_source(tags_from: Sequence[str] | None) -> str:
+    """What a run's tags come from: ``tags`` (CLIP) or the columns, comma-separated."""
+    return ",".join(tags_from) if tags_from else "tags"
 
 
 def _groups(keys: np.ndarray) -> list[tuple[str, np.ndarray]]:

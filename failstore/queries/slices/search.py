@@ -21,7 +21,8 @@ import numpy as np
 import pyarrow as pa
 from scipy.stats import fisher_exact
 
-from failstore.errors import ConfigError, InputError
+from failstore.errors import InputError
+from failstore.queries.framework.params import Param, check_params
 from failstore.queries.slices.stats import (
     TOLERANCE,
     at_least,
@@ -59,6 +60,16 @@ def slice_schema(with_eval: bool = False) -> pa.Schema:
     return pa.schema(SLICE_FIELDS + (EVAL_FIELDS if with_eval else []))
 
 
+# The search's parameters, declared once: SliceParams and the Slices analysis (and so the CLI's
+# options) check them with these limits and messages.
+SEARCH_PARAMS: tuple[Param, ...] = (
+    Param("max_tags", 3, "L: at most this many tags per slice.", kind=int, low=1, high=5),
+    Param("min_size", 30, "s: at least this many images.", kind=int, low=1),
+    Param("min_drop", 0.2, "a: accuracy drop vs the class.", kind=float),
+    Param("min_gain", 0.1, "b: accuracy drop vs every subset with one tag less.", kind=float),
+)
+
+
 @dataclass(frozen=True)
 class SliceParams:
     max_tags: int = 3
@@ -67,13 +78,7 @@ class SliceParams:
     min_gain: float = 0.1
 
     def __post_init__(self) -> None:
-        if int(self.max_tags) != self.max_tags or self.max_tags < 1:
-            raise ConfigError(f"max_tags must be an integer >= 1, got {self.max_tags!r}")
-        if int(self.min_size) != self.min_size or self.min_size < 1:
-            raise ConfigError(f"min_size must be an integer >= 1, got {self.min_size!r}")
-        for name in ("min_drop", "min_gain"):
-            if not math.isfinite(getattr(self, name)):
-                raise ConfigError(f"{name} must be a finite number, got {getattr(self, name)!r}")
+        check_params(SEARCH_PARAMS, {p.name: getattr(self, p.name) for p in SEARCH_PARAMS})
 
 
 @dataclass

@@ -1,9 +1,10 @@
 """Read-only SQL over the store's Lance tables, run by an in-process, locked-down DuckDB.
 
-Each ``execute`` guards the query (``failstore.queries.sql.guard``), opens a fresh DuckDB connection
-with external access disabled and its configuration locked, registers only the Lance datasets
-the query reads (DuckDB scans them with projection and filter pushdown), and runs the query
-under a time limit.
+Each ``execute`` guards the query (``failstore.queries.sql.guard``), uses a DuckDB connection
+with external access disabled and its configuration locked (the session's, reused across
+queries, or a fresh one), registers only the Lance datasets the query reads (DuckDB scans them
+with projection and filter pushdown; they are unregistered afterwards), and runs the query
+under a time limit (``config.DEFAULT_SQL_TIMEOUT_S`` unless given).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
+from failstore import config
 from failstore.errors import SqlError, SqlRefused, SqlTimeout
 from failstore.queries.sql.guard import guard_query
 from failstore.queries.sql.stored import StoredQuery
@@ -50,30 +52,43 @@ class SqlEngine:
         datasets: Mapping[str, Callable[[], Any]],
         schemas: Mapping[str, pa.Schema],
         stored: Mapping[str, StoredQuery],
-        timeout_s: float = 60.0,
+        timeout_s: float = config.DEFAULT_SQL_TIMEOUT_S,
         connection: duckdb.DuckDBPyConnection | None = None,
+        missing_hint: Callable[[str], str | None] | None = None,
     ) -> None:
         """``connection``: a locked-down connection from ``locked_connection()`` to reuse (a
-        fresh one per query costs ~50 ms); tables are unregistered after every query."""
+        fresh one per query costs ~50 ms); tables are unregistered after every query.
+        ``missing_hint(table)``: the message for a table that does not exist yet, or None."""
         self.datasets = dict(datasets)
         self.schemas = dict(schemas)
         self.stored = dict(stored)
         self.timeout_s = timeout_s
         self.connection = connection
+        self.missing_hint = missing_hint
 
     def guard(
         self, sql: str, *, params: Mapping[str, str] | None = None, dialect: str | None = None
     ) -> str:
         """The DuckDB SQL ``execute`` would run (raises SqlRefused like ``execute``)."""
         return guard_query(
-            sql, tables=self.schemas, stored=self.stored, dialect=dialect, params=params
+            sql,
+            tables=self.schemas,
+            stored=self.stored,
+            dialect=dialect,
+            params=params,
+            missing_hint=self.missing_hint,
         ).sql
 
     def execute(
         self, sql: str, *, params: Mapping[str, str] | None = None, dialect: str | None = None
     ) -> pa.Table:
         query = guard_query(
-            sql, tables=self.schemas, stored=self.stored, dialect=dialect, params=params
+            sql,
+            tables=self.schemas,
+            stored=self.stored,
+            dialect=dialect,
+            params=params,
+            missing_hint=self.missing_hint,
         )
         con = self.connection or locked_connection()
         registered: list[str] = []

@@ -11,7 +11,7 @@ from __future__ import annotations
 import difflib
 import logging
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -204,8 +204,10 @@ class _Expander:
         tables: Mapping[str, pa.Schema],
         stored: Mapping[str, StoredQuery],
         params: Mapping[str, str],
+        missing_hint: Callable[[str], str | None] | None = None,
     ) -> None:
         self.tables = {k.lower(): k for k in tables}
+        self.missing_hint = missing_hint
         self.schemas = tables
         self.stored = {k.lower(): v for k, v in stored.items()}
         self.params = params
@@ -233,6 +235,9 @@ class _Expander:
                 table.set("this", exp.to_identifier(STORED_PREFIX + name))
                 table.set("alias", exp.TableAlias(this=exp.to_identifier(alias)))
             else:
+                explained = self.missing_hint(name) if self.missing_hint else None
+                if explained:
+                    raise SqlRefused(explained)
                 known = [*self.tables.values(), *self.stored]
                 close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
                 hint = f"did you mean {close[0]!r}? " if close else ""
@@ -366,12 +371,13 @@ def guard_query(
     stored: Mapping[str, StoredQuery],
     dialect: str | None = None,
     params: Mapping[str, str] | None = None,
+    missing_hint: Callable[[str], str | None] | None = None,
 ) -> GuardedQuery:
     """``guard`` that also reports which base tables the query reads."""
     params = dict(params or {})
     tree = check_shape(sql, dialect)
     top_level = placeholder_names(tree)
-    expander = _Expander(tables, stored, params)
+    expander = _Expander(tables, stored, params, missing_hint)
     expander.resolve(tree, ())
     _substitute(tree, {k: param_literal(params[k]) for k in top_level if k in params}, "the query")
     unknown = sorted(set(params) - top_level - expander.declared)
@@ -395,6 +401,15 @@ def guard(
     stored: Mapping[str, StoredQuery],
     dialect: str | None = None,
     params: Mapping[str, str] | None = None,
+    missing_hint: Callable[[str], str | None] | None = None,
 ) -> str:
-    """Check ``sql`` and return the DuckDB SQL to run; raise SqlRefused (one line) if refused."""
-    return guard_query(sql, tables=tables, stored=stored, dialect=dialect, params=params).sql
+    """Check ``sql`` and return the DuckDB SQL to run; raise SqlRefused (one line) if refused.
+    ``missing_hint(table)`` explains a table that does not exist yet (or returns None)."""
+    return guard_query(
+        sql,
+        tables=tables,
+        stored=stored,
+        dialect=dialect,
+        params=params,
+        missing_hint=missing_hint,
+    ).sql

@@ -30,6 +30,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import resources
+from importlib.resources.abc import Traversable
 
 import pyarrow as pa
 import sqlglot
@@ -37,7 +38,6 @@ from sqlglot import exp
 from sqlglot.errors import ParseError
 
 from failstore.errors import InputError, SqlRefused
-from failstore.schemas import CORE_TABLES, KEYS, RESULT_TABLES
 
 NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 HEADER_RE = re.compile(r"^--\s*([A-Za-z_]+)\s*:\s?(.*)$")
@@ -217,7 +217,7 @@ def parse_sql_file(text: str, source: str, *, filename: str = "<sql>") -> Stored
     return StoredQuery(name, " ".join(descriptions), tuple(params), body, source)
 
 
-def _sql_folders() -> list[tuple[str, object]]:
+def _sql_folders() -> list[tuple[str, Traversable]]:
     """Folders of shipped ``.sql`` files: the SQL side's ``builtin/`` and every analysis
     package under ``failstore/queries`` (found as package data, nothing is imported)."""
     root = resources.files("failstore.queries")
@@ -233,7 +233,7 @@ def builtin_queries() -> dict[str, StoredQuery]:
     each analysis's ``failstore/queries/<analysis>/*.sql``."""
     queries: dict[str, StoredQuery] = {}
     for where, folder in _sql_folders():
-        for entry in sorted(folder.iterdir(), key=lambda e: e.name):  # type: ignore[attr-defined]
+        for entry in sorted(folder.iterdir(), key=lambda e: e.name):
             if not entry.name.endswith(".sql"):
                 continue
             filename = f"{where}/{entry.name}"
@@ -246,47 +246,6 @@ def builtin_queries() -> dict[str, StoredQuery]:
                 raise InputError(f"{filename}: stored query {query.name!r} is defined twice")
             queries[query.name] = query
     return queries
-
-
-def make_user_query(
-    name: str,
-    sql: str,
-    description: str = "",
-    parameters: Mapping[str, str | None] | None = None,
-) -> StoredQuery:
-    """A user query to save in the store, checked: a free name, literal defaults, one read-only
-    query whose ``$placeholders`` are all declared."""
-    from failstore.queries.sql.guard import check_shape, placeholder_names
-
-    if not NAME_RE.match(name):
-        raise SqlRefused(
-            f"bad query name {name!r}", hint="use letters, digits and underscores, e.g. my_query"
-        )
-    taken = {*CORE_TABLES, *KEYS, *RESULT_TABLES}
-    if name.lower() in taken:
-        raise SqlRefused(f"query name {name!r} is a table name; choose another name")
-    if name.lower() in builtin_queries():
-        raise SqlRefused(f"query name {name!r} is a built-in query; choose another name")
-    params: list[Param] = []
-    for key, default in (parameters or {}).items():
-        if not NAME_RE.match(key):
-            raise SqlRefused(f"bad parameter name {key!r}; use letters, digits and underscores")
-        if default is not None:
-            try:
-                check_literal(default, f"default of parameter {key!r}")
-            except InputError as e:
-                raise SqlRefused(e.one_line()) from e
-        params.append(Param(key, default, ""))
-    body = sql.strip().rstrip(";").strip()
-    tree = check_shape(expand_templates(body, None), None)
-    declared = {p.name for p in params}
-    undeclared = sorted(placeholder_names(tree) - declared)
-    if undeclared:
-        raise SqlRefused(
-            f"query {name!r} uses undeclared parameter(s) {', '.join('$' + u for u in undeclared)}",
-            hint="declare them with a default, e.g. --param NAME=VALUE",
-        )
-    return StoredQuery(name, description, tuple(params), body, "store")
 
 
 def _quote(name: str) -> str:

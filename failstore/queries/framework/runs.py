@@ -1,0 +1,82 @@
+"""Listing and dropping analysis runs (``failstore runs``).
+
+A run is one row of ``analysis_runs`` plus its rows in its result table (column ``run_id``).
+Dropping a run deletes both (Lance deletions: a new version of each table, nothing rewritten);
+``Store.compact`` later reclaims the space.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import timedelta
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from failstore.errors import StoreError
+from failstore.schemas import ANALYSIS_RUNS_SCHEMA
+from failstore.store import Store, utcnow
+
+LISTED = ["run_id", "analysis", "result_table", "params", "source_versions", "rows", "seconds",
+          "created_at", "used_at"]  # fmt: skip
+
+
+def _quote(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def list_runs(store: Store, analysis: str | None = None) -> pa.Table:
+    """Runs, most recently used first; only ``analysis``'s when given."""
+    if not store.has_table("analysis_runs"):
+        return pa.schema([ANALYSIS_RUNS_SCHEMA.field(c) for c in LISTED]).empty_table()
+    flt = f"analysis = {_quote(analysis)}" if analysis else None
+    runs = store.read("analysis_runs", LISTED, filter=flt)
+    order = pc.sort_indices(runs, [("used_at", "descending"), ("run_id", "ascending")])
+    return runs.take(order)
+
+
+def resolve_run_ids(store: Store, given: Sequence[str]) -> list[str]:
+    """Full run ids for ids or unique prefixes (at least 4 characters), in the given order."""
+    known = list_runs(store).column("run_id").to_pylist()
+    out = []
+    for g in given:
+        matches = [r for r in known if r == g] or (
+            [r for r in known if r.startswith(g)] if len(g) >= 4 else []
+        )
+        if len(matches) != 1:
+            what = "matches several runs" if matches else "is not a run in this store"
+            raise StoreError(f"run id {g!r} {what}", hint="see `failstore runs` for run ids")
+        out.append(matches[0])
+    return out
+
+
+def drop_runs(
+    store: Store,
+    run_ids: Sequence[str] = (),
+    *,
+    older_than: timedelta | None = None,
+    analysis: str | None = None,
+) -> list[str]:
+    """Delete runs (their result rows and their ``analysis_runs`` row); returns the ids.
+
+    ``run_ids``: ids or unique prefixes. ``older_than``: also every run not used for that long
+    (of ``analysis`` only, when given)."""
+    ids = resolve_run_ids(store, run_ids)
+    if older_than is not None:
+        runs = list_runs(store, analysis)
+        cutoff = pa.scalar(utcnow() - older_than, pa.timestamp("us", tz="UTC"))
+        old = runs.filter(pc.less(runs["used_at"], cutoff))
+        ids += [r for r in old.column("run_id").to_pylist() if r not in ids]
+    if not ids:
+        return []
+    runs = list_runs(store)
+    tables = dict(zip(runs["run_id"].to_pylist(), runs["result_table"].to_pylist(), strict=True))
+    by_table: dict[str, list[str]] = {}
+    for r in ids:
+        by_table.setdefault(tables[r], []).append(r)
+    for table, rs in sorted(by_table.items()):
+        if store.has_table(table):
+            store.delete(table, f"run_id IN ({', '.join(_quote(r) for r in rs)})")
+    # The record goes last: a crash before it leaves a run that a refit recomputes.
+    store.delete("analysis_runs", f"run_id IN ({', '.join(_quote(r) for r in ids)})")
+    return ids

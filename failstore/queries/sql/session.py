@@ -1,0 +1,191 @@
+"""Read-only SQL over one store: every table, and every stored query (shipped and saved).
+
+``SqlSession(store)`` is the SQL side's view of a store. It keeps one locked-down DuckDB
+connection (tables are registered per query and unregistered after it), lists the stored
+queries (built-in, analysis and saved ones) and saves / drops user queries in the store's
+``saved_queries`` table. ``run_sql(store, query)`` is the one-call form; it reuses one session
+per ``Store`` object.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import pyarrow as pa
+
+from failstore import config, schemas
+from failstore.errors import InputError, SqlRefused, StoreError
+from failstore.queries.sql.engine import SqlEngine, locked_connection
+from failstore.queries.sql.guard import check_shape, guard, placeholder_names
+from failstore.queries.sql.stored import (
+    NAME_RE,
+    Param,
+    StoredQuery,
+    builtin_queries,
+    check_literal,
+    expand_templates,
+)
+from failstore.store import Store, utcnow
+
+
+def _explain_missing(name: str) -> str | None:
+    """The message for a query that reads an analysis table before its first run."""
+    from failstore.queries.framework import registry
+
+    return registry.missing_table_message(name)
+
+
+class SqlSession:
+    """Guarded, read-only SQL over the tables and stored queries of one store."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._con: Any = None
+
+    # ------------------------------------------------------------------ queries
+    def stored_queries(self) -> dict[str, StoredQuery]:
+        """Built-in, analysis and saved queries by name (saved ones last)."""
+        queries = builtin_queries()
+        if self.store.has_table("saved_queries"):
+            for row in self.store.read("saved_queries").to_pylist():
+                q = StoredQuery.from_row(row)
+                queries[q.name] = q
+        return queries
+
+    def execute(
+        self,
+        query: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        dialect: str | None = None,
+        timeout_s: float = config.DEFAULT_SQL_TIMEOUT_S,
+    ) -> pa.Table:
+        """Run one read-only query; returns Arrow."""
+        if self._con is None:
+            self._con = locked_connection()
+        store = self.store
+        names = store.table_names()
+        engine = SqlEngine(
+            datasets={n: _opener(store, n) for n in names},
+            schemas={n: store.schema(n) for n in names},
+            stored=self.stored_queries(),
+            timeout_s=timeout_s,
+            connection=self._con,
+            missing_hint=_explain_missing,
+        )
+        return engine.execute(query, params=params, dialect=dialect)
+
+    # ------------------------------------------------------------------ saved queries
+    def save_query(self, query: StoredQuery) -> None:
+        """Save (or replace) a user query, after checking it against this store."""
+        store = self.store
+        names = store.table_names()
+        if query.name.lower() in {n.lower() for n in names}:
+            raise SqlRefused(f"query name {query.name!r} is a table name; choose another name")
+        stored = self.stored_queries()
+        stored.pop(query.name, None)
+        placeholders = {p.name: p.default or "NULL" for p in query.parameters}
+        # Refuse before writing: the query must pass the guard against this store.
+        guard(
+            query.sql,
+            tables={n: store.schema(n) for n in names},
+            stored=stored,
+            params=placeholders,
+            missing_hint=_explain_missing,
+        )
+        row = query.to_row()
+        row["saved_at"] = utcnow()
+        store.upsert(
+            "saved_queries",
+            pa.Table.from_pylist([row], schema=schemas.SAVED_QUERIES_SCHEMA),
+            schema=schemas.SAVED_QUERIES_SCHEMA,
+        )
+
+    def drop_query(self, name: str) -> None:
+        saved = self.saved_query_names()
+        if name not in saved:
+            raise StoreError(
+                f"no saved query '{name}'",
+                hint=f"saved queries: {', '.join(saved) or '(none)'}; built-ins cannot be dropped",
+            )
+        self.store.delete("saved_queries", "name = '" + name.replace("'", "''") + "'")
+
+    def saved_query_names(self) -> list[str]:
+        if not self.store.has_table("saved_queries"):
+            return []
+        return sorted(self.store.read("saved_queries", ["name"]).column("name").to_pylist())
+
+
+def make_user_query(
+    name: str,
+    sql: str,
+    description: str = "",
+    parameters: Mapping[str, str | None] | None = None,
+) -> StoredQuery:
+    """A user query to save in the store, checked: a free name, literal defaults, one read-only
+    query whose ``$placeholders`` are all declared."""
+    if not NAME_RE.match(name):
+        raise SqlRefused(
+            f"bad query name {name!r}", hint="use letters, digits and underscores, e.g. my_query"
+        )
+    if name.lower() in reserved_table_names():
+        raise SqlRefused(f"query name {name!r} is a table name; choose another name")
+    if name.lower() in builtin_queries():
+        raise SqlRefused(f"query name {name!r} is a built-in query; choose another name")
+    params: list[Param] = []
+    for key, default in (parameters or {}).items():
+        if not NAME_RE.match(key):
+            raise SqlRefused(f"bad parameter name {key!r}; use letters, digits and underscores")
+        if default is not None:
+            try:
+                check_literal(default, f"default of parameter {key!r}")
+            except InputError as e:
+                raise SqlRefused(e.one_line()) from e
+        params.append(Param(key, default, ""))
+    body = sql.strip().rstrip(";").strip()
+    tree = check_shape(expand_templates(body, None), None)
+    declared = {p.name for p in params}
+    undeclared = sorted(placeholder_names(tree) - declared)
+    if undeclared:
+        raise SqlRefused(
+            f"query {name!r} uses undeclared parameter(s) {', '.join('$' + u for u in undeclared)}",
+            hint="declare them with a default, e.g. --param NAME=VALUE",
+        )
+    return StoredQuery(name, description, tuple(params), body, "store")
+
+
+def reserved_table_names() -> set[str]:
+    """Names a saved query cannot take: the store's own tables and every analysis's result
+    tables (registered by the analysis classes; they may not exist in this store yet)."""
+    from failstore.queries.framework import registry
+
+    return {*schemas.KEYS, *schemas.CORE_TABLES, *registry.result_tables()}
+
+
+def _opener(store: Store, name: str) -> Callable[[], Any]:
+    return lambda: store.dataset(name)
+
+
+_SESSIONS: weakref.WeakKeyDictionary[Store, SqlSession] = weakref.WeakKeyDictionary()
+
+
+def session(store: Store) -> SqlSession:
+    """The store's SQL session (one per ``Store`` object, so its connection is reused)."""
+    found = _SESSIONS.get(store)
+    if found is None:
+        found = _SESSIONS[store] = SqlSession(store)
+    return found
+
+
+def run_sql(
+    store: Store,
+    query: str,
+    *,
+    params: Mapping[str, str] | None = None,
+    dialect: str | None = None,
+    timeout_s: float = config.DEFAULT_SQL_TIMEOUT_S,
+) -> pa.Table:
+    """Run one read-only query over ``store``'s tables and stored queries; returns Arrow."""
+    return session(store).execute(query, params=params, dialect=dialect, timeout_s=timeout_s)
