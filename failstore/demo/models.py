@@ -2,8 +2,11 @@
 
 Layout of ``cache_dir``::
 
-    target.pt      TorchScript target CNN (forward -> logits, embed -> bottleneck, head)
-    robust.pt      TorchScript adversarially trained CNN (embed -> pooled robust features)
+    target/        target CNN as a state-dict directory: failstore_model.json (factory
+                   failstore.demo.nets:BottleneckCNN + kwargs, class names, preprocessing,
+                   metrics) + model.safetensors; the bottleneck is the input of ``head``
+    robust/        adversarially trained CNN (PooledCNN), same format; robust features =
+                   the input of ``head`` (the pooled penultimate features)
     clip/          open_clip local-dir: open_clip_config.json + open_clip_model.safetensors
     tags.txt       tag vocabulary with calibrated thresholds (read by the CLIP loader)
     metrics.json   fingerprint of data + settings, and every model's metrics
@@ -28,8 +31,10 @@ from failstore.demo.nets import Log, no_log
 from failstore.demo.train_clip import CONFIG_FILE, WEIGHTS_FILE, ClipConfig, train_clip
 from failstore.demo.train_robust import RobustConfig, train_robust
 from failstore.demo.train_target import TargetConfig, train_target
+from failstore.models.statedict import META_FILE
+from failstore.models.statedict import WEIGHTS_FILE as STATE_DICT_FILE
 
-TRAINER_VERSION = "2"
+TRAINER_VERSION = "3"  # 3: target/robust saved as state-dict directories, not TorchScript
 METRICS_FILE = "metrics.json"
 
 
@@ -57,8 +62,8 @@ def data_fingerprint(
 def model_paths(cache_dir: Path) -> dict[str, Path]:
     cache_dir = Path(cache_dir)
     return {
-        "target": cache_dir / "target.pt",
-        "robust": cache_dir / "robust.pt",
+        "target": cache_dir / "target",
+        "robust": cache_dir / "robust",
         "clip": cache_dir / "clip",
         "tags": cache_dir / "tags.txt",
         "metrics": cache_dir / METRICS_FILE,
@@ -77,8 +82,15 @@ def ingest_specs(paths: Mapping[str, Path]) -> dict[str, str]:
 
 def _complete(paths: Mapping[str, Path]) -> bool:
     clip = paths["clip"]
-    return all(paths[k].is_file() for k in ("target", "robust", "tags", "metrics")) and (
-        (clip / CONFIG_FILE).is_file() and (clip / WEIGHTS_FILE).is_file()
+    nets = all(
+        (paths[k] / META_FILE).is_file() and (paths[k] / STATE_DICT_FILE).is_file()
+        for k in ("target", "robust")
+    )
+    return (
+        nets
+        and all(paths[k].is_file() for k in ("tags", "metrics"))
+        and (clip / CONFIG_FILE).is_file()
+        and (clip / WEIGHTS_FILE).is_file()
     )
 
 

@@ -1,26 +1,23 @@
-"""Small CNNs for the demo world, their TorchScript export, and shared training helpers.
+"""Small CNNs for the demo world, their export, and shared training helpers.
 
-Every exported model follows the convention the ``target``/``robust`` loaders expect: a
-scripted ``nn.Module`` whose ``forward(x)`` returns logits for a normalised float NCHW batch,
-an ``@torch.jit.export`` method ``embed(x) -> (N, D)`` and a submodule ``head`` (``nn.Linear``)
-with ``forward(x) == head(embed(x))``. Metadata rides along in the ``failstore.json`` extra file.
+Both CNNs return logits for a normalised float NCHW batch from ``forward(x)``, have a method
+``embed(x) -> (N, D)`` (the bottleneck) and a final ``nn.Linear`` called ``head`` with
+``forward(x) == head(embed(x))``. They are saved as state-dict directories (``export_model``):
+the class path + constructor kwargs and a safetensors file, so the loaded model is an eager
+module whose named layers, hooks and gradients work (the ingest default captures the input of
+``head``, recorded as layer ``head:input``).
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import random
-import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
-
-METADATA_FILE = "failstore.json"
 
 
 def conv_block(c_in: int, c_out: int, pool: bool) -> nn.Sequential:
@@ -215,17 +212,11 @@ def no_log(_: str) -> None:
     return None
 
 
-@contextlib.contextmanager
-def _quiet_jit() -> Iterator[None]:
-    """torch >= 2.10 flags TorchScript as deprecated; the ingest loaders still read it."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        yield
-
-
-def export_torchscript(
+def export_model(
     model: nn.Module,
-    path: Path,
+    out_dir: Path,
+    factory: str,
+    kwargs: dict[str, Any],
     class_names: Sequence[str],
     mean: Sequence[float],
     std: Sequence[float],
@@ -233,35 +224,28 @@ def export_torchscript(
     extra: dict[str, Any] | None = None,
     size: int = 64,
 ) -> Path:
-    """Script ``model`` (eval mode) and save it with the ``failstore.json`` metadata."""
-    model = model.cpu().eval().to(memory_format=torch.contiguous_format)
-    with _quiet_jit():
-        scripted = torch.jit.script(model)
-    meta: dict[str, Any] = {
-        "class_names": list(class_names),
-        "preprocess": {
-            "resize": size,
-            "crop": size,
-            "mean": list(mean),
-            "std": list(std),
-            "interpolation": "bilinear",
-        },
-        "metrics": metrics,
-    }
-    if extra:
-        meta.update(extra)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with _quiet_jit():
-        torch.jit.save(scripted, str(tmp), _extra_files={METADATA_FILE: json.dumps(meta)})
-    tmp.replace(path)
-    return path
+    """Save ``model`` (eval mode) as a state-dict directory: ``failstore_model.json``
+    (``factory(**kwargs)`` rebuilds the architecture; class names, preprocessing, metrics,
+    ``extra``) + ``model.safetensors``. The ingest loaders read it as an ordinary eager module,
+    so named layers and hooks work (see docs/models.md)."""
+    from failstore.models.statedict import save_state_dict_dir
+
+    pre = {"resize": size, "crop": size, "mean": list(mean), "std": list(std),
+           "interpolation": "bilinear"}  # fmt: skip
+    return save_state_dict_dir(
+        model,
+        out_dir,
+        factory,
+        kwargs,
+        class_names=class_names,
+        preprocess=pre,
+        extra={"metrics": metrics, **(extra or {})},
+    )
 
 
-def load_torchscript(path: Path) -> tuple[torch.jit.ScriptModule, dict[str, Any]]:
-    """Load a model saved by :func:`export_torchscript` and its metadata."""
-    files = {METADATA_FILE: ""}
-    with _quiet_jit():
-        module = torch.jit.load(str(path), map_location="cpu", _extra_files=files)
-    return module, json.loads(files[METADATA_FILE])
+def load_exported(path: Path) -> tuple[nn.Module, dict[str, Any]]:
+    """The module (eval mode, CPU) and metadata of a directory saved by :func:`export_model`."""
+    from failstore.models.statedict import StateDictSource
+
+    source = StateDictSource(Path(path))
+    return source.build().module, dict(source.meta)

@@ -27,14 +27,15 @@ from failstore.demo.nets import (
     accuracy,
     channel_stats,
     channels_last,
-    cosine_lr,
-    export_torchscript,
+    export_model,
     no_log,
-    random_shift,
     seed_everything,
     split_indices,
     to_tensor,
 )
+from failstore.demo.training import BatchLoss, LoopSettings, train_loop
+
+FACTORY = "failstore.demo.nets:PooledCNN"
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,20 @@ def fgsm_rs(
     (grad,) = torch.autograd.grad(loss, delta)
     delta = (delta.detach() + alpha * grad.sign()).clamp(-eps, eps)
     return (x01 + delta).clamp(0, 1)
+
+
+def fgsm_loss(norm: Normalizer, cfg: RobustConfig, steps: int) -> BatchLoss:
+    """The per-batch loss of adversarial training: cross-entropy on an FGSM-RS perturbed batch.
+    eps ramps up linearly over the first 20% of steps (stabilises early adversarial training)."""
+
+    def loss(
+        model: nn.Module, x01: torch.Tensor, y: torch.Tensor, step: int, gen: torch.Generator
+    ) -> torch.Tensor:
+        eps = cfg.eps * min(1.0, (step + 1) / max(1, steps // 5))
+        adv = fgsm_rs(model, x01, y, norm, eps, cfg.alpha * eps / cfg.eps, gen)
+        return nn.functional.cross_entropy(model(norm(adv)), y)
+
+    return loss
 
 
 def pgd_attack(
@@ -134,7 +149,8 @@ def train_robust(
     log: Log = no_log,
 ) -> dict[str, Any]:
     """Adversarially train on ``train``, report clean accuracies per split and PGD accuracy on
-    a test subset, save TorchScript (``embed`` = pooled penultimate features)."""
+    a test subset, save the model directory (``nets.export_model``; its ``head`` input =
+    ``embed`` = the pooled penultimate features)."""
     cfg = config or RobustConfig()
     seed_everything(seed)
     t0 = time.perf_counter()
@@ -147,32 +163,14 @@ def train_robust(
     y_all = torch.as_tensor(np.asarray(labels), dtype=torch.long)
     x_train, y_train = x_all[idx["train"]], y_all[idx["train"]]
 
-    model = PooledCNN(len(class_names), cfg.widths)
-    gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    kwargs: dict[str, Any] = {"num_classes": len(class_names), "widths": list(cfg.widths)}
+    model = PooledCNN(**kwargs)
     steps = max(1, cfg.samples // cfg.batch_size)
-    n, pos, running = len(x_train), 0, 0.0
-    perm = torch.randperm(n, generator=gen)
-    model.to(memory_format=torch.channels_last).train()
-    for step in range(steps):
-        if pos + cfg.batch_size > n and pos > 0:
-            perm, pos = torch.randperm(n, generator=gen), 0
-        bi = perm[pos : pos + cfg.batch_size]
-        pos += cfg.batch_size
-        x01 = channels_last(norm.unit(random_shift(x_train[bi], cfg.shift, gen)))
-        for group in opt.param_groups:
-            group["lr"] = cosine_lr(step, steps, cfg.lr, cfg.warmup_steps)
-        # ramp eps up over the first 20% of steps (stabilises early adversarial training)
-        eps = cfg.eps * min(1.0, (step + 1) / max(1, steps // 5))
-        adv = fgsm_rs(model, x01, y_train[bi], norm, eps, cfg.alpha * eps / cfg.eps, gen)
-        loss = nn.functional.cross_entropy(model(norm(adv)), y_train[bi])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        running = 0.9 * running + 0.1 * loss.item() if step else loss.item()
-        if (step + 1) % 100 == 0 or step + 1 == steps:
-            log(f"robust: step {step + 1}/{steps} adv loss {running:.3f}")
-    model.eval()
+    settings = LoopSettings(
+        steps, cfg.batch_size, cfg.lr, cfg.weight_decay, cfg.warmup_steps, cfg.shift, seed
+    )
+    train_loop(model, x_train, y_train, norm, settings, fgsm_loss(norm, cfg, steps), log,
+               "robust", "adv loss")  # fmt: skip
 
     metrics: dict[str, Any] = {"steps": steps}
     for name, ix in idx.items():
@@ -190,9 +188,8 @@ def train_robust(
     metrics["train_seconds"] = round(time.perf_counter() - t0, 2)
     metrics["config"] = asdict(cfg)
     metrics["seed"] = seed
-    export_torchscript(
-        model, out_path, class_names, mean, std, metrics, extra={"role": "robust", "arch": "cnn"}
-    )
+    export_model(model, out_path, FACTORY, kwargs, class_names, mean, std, metrics,
+                 extra={"role": "robust", "arch": "cnn"})  # fmt: skip
     log(
         f"robust: clean test {metrics['clean_accuracy']}, PGD-{cfg.pgd_steps} "
         f"{metrics['adv_accuracy']} ({metrics['train_seconds']} s)"

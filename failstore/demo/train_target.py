@@ -24,15 +24,15 @@ from failstore.demo.nets import (
     Normalizer,
     accuracy,
     channel_stats,
-    channels_last,
-    cosine_lr,
-    export_torchscript,
+    export_model,
     no_log,
-    random_shift,
     seed_everything,
     split_indices,
     to_tensor,
 )
+from failstore.demo.training import LoopSettings, cross_entropy_loss, train_loop
+
+FACTORY = "failstore.demo.nets:BottleneckCNN"
 
 
 @dataclass(frozen=True)
@@ -62,10 +62,11 @@ def train_target(
     seed: int = 0,
     log: Log = no_log,
 ) -> dict[str, Any]:
-    """Train on the ``train`` split, evaluate on all splits, save TorchScript to ``out_path``.
+    """Train on the ``train`` split, evaluate on all splits, save the model to the directory
+    ``out_path`` (``nets.export_model``: ``failstore_model.json`` + ``model.safetensors``).
 
-    Returns the metrics dict (also stored in the file's ``failstore.json``): accuracies,
-    steps, seconds, config.
+    Returns the metrics dict (also stored in ``failstore_model.json``): accuracies, steps,
+    seconds, config.
     """
     cfg = config or TargetConfig()
     seed_everything(seed)
@@ -79,7 +80,9 @@ def train_target(
     y_all = torch.as_tensor(np.asarray(labels), dtype=torch.long)
     x_train, y_train = x_all[idx["train"]], y_all[idx["train"]]
 
-    model = BottleneckCNN(len(class_names), cfg.widths, cfg.bottleneck, cfg.stem_stride)
+    kwargs: dict[str, Any] = {"num_classes": len(class_names), "widths": list(cfg.widths),
+              "bottleneck": cfg.bottleneck, "stem_stride": cfg.stem_stride}  # fmt: skip
+    model = BottleneckCNN(**kwargs)
     steps = max(1, cfg.samples // cfg.batch_size)
     fit_classifier(model, x_train, y_train, norm, cfg, steps, seed, log, name="target")
 
@@ -88,9 +91,8 @@ def train_target(
         metrics[f"{name}_accuracy"] = round(accuracy(model, x_all[ix], y_all[ix], norm), 4)
     metrics["config"] = asdict(cfg)
     metrics["seed"] = seed
-    export_torchscript(
-        model, out_path, class_names, mean, std, metrics, extra={"role": "target", "arch": "cnn"}
-    )
+    export_model(model, out_path, FACTORY, kwargs, class_names, mean, std, metrics,
+                 extra={"role": "target", "arch": "cnn"})  # fmt: skip
     log(
         "target: "
         + ", ".join(
@@ -113,26 +115,7 @@ def fit_classifier(
     name: str = "target",
 ) -> None:
     """Plain cross-entropy training over shuffled mini-batches of a uint8 NCHW tensor."""
-    gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    model.to(memory_format=torch.channels_last).train()
-    n = len(x_train)
-    perm = torch.randperm(n, generator=gen)
-    pos = 0
-    running = 0.0
-    for step in range(steps):
-        if pos + cfg.batch_size > n and pos > 0:
-            perm, pos = torch.randperm(n, generator=gen), 0
-        bi = perm[pos : pos + cfg.batch_size]
-        pos += cfg.batch_size
-        xb = channels_last(norm(norm.unit(random_shift(x_train[bi], cfg.shift, gen))))
-        for group in opt.param_groups:
-            group["lr"] = cosine_lr(step, steps, cfg.lr, cfg.warmup_steps)
-        loss = nn.functional.cross_entropy(model(xb), y_train[bi])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        running = 0.9 * running + 0.1 * loss.item() if step else loss.item()
-        if (step + 1) % 100 == 0 or step + 1 == steps:
-            log(f"{name}: step {step + 1}/{steps} loss {running:.3f}")
-    model.eval()
+    settings = LoopSettings(
+        steps, cfg.batch_size, cfg.lr, cfg.weight_decay, cfg.warmup_steps, cfg.shift, seed
+    )
+    train_loop(model, x_train, y_train, norm, settings, cross_entropy_loss(norm), log, name)
