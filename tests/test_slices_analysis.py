@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 from docs_tables import DOCS, doc_columns
+from planted_store import build
 from typer.testing import CliRunner
 
 from failstore import schemas
@@ -20,64 +21,10 @@ from failstore.queries.slices.search import SliceParams, find_slices
 from failstore.queries.sql.session import run_sql
 from failstore.store import Store
 
-BACKGROUNDS = ["water", "sand", "snow"]
-SIZES = ["small", "large"]
-
 
 def _build(path, n=1200, seed=0) -> Store:
-    """Two classes; dogs that are small AND on snow fail 80 % of the time, else 5 %."""
-    rng = np.random.default_rng(seed)
-    label = rng.choice(["dog", "cat"], n)
-    bg = rng.choice(BACKGROUNDS, n)
-    size = rng.choice(SIZES, n)
-    split = np.where(np.arange(n) % 2 == 0, "val", "test")
-    bad = (label == "dog") & (bg == "snow") & (size == "small")
-    wrong = rng.random(n) < np.where(bad, 0.8, 0.05)
-    pred = np.where(wrong, np.where(label == "dog", "cat", "dog"), label)
-    ids = [f"{i:064x}" for i in range(n)]
-    meta = [pa.field("attr_background", pa.string()), pa.field("attr_size", pa.string())]
-    sch = pa.schema(schemas.IMAGE_BASE_FIELDS + meta + [pa.field("tags", pa.list_(pa.string()))])
-    images = pa.table(
-        {
-            "image_id": ids,
-            "uri": [f"/x/{i}.png" for i in range(n)],
-            "split": split,
-            "label": label,
-            "width": np.full(n, 8, np.int32),
-            "height": np.full(n, 8, np.int32),
-            "boxes": pa.nulls(n, pa.list_(schemas.BOX_TYPE)),
-            "mask": pa.nulls(n, pa.binary()),
-            "ingested_at": pa.nulls(n, pa.timestamp("us", tz="UTC")),
-            "attr_background": bg,
-            "attr_size": size,
-            "tags": [[b, s] for b, s in zip(bg, size, strict=True)],
-        },
-        schema=sch,
-    )
-    store = Store.init(path)
-    store.upsert("images", images, schema=sch)
-    preds = pa.table(
-        {
-            "model": ["m"] * n,
-            "image_id": ids,
-            "target": label,
-            "prediction": pred,
-            "prediction_index": np.zeros(n, np.int32),
-            "confidence": np.ones(n, np.float32),
-            "correct": pred == label,
-            "probabilities": pa.nulls(n, pa.list_(pa.float32())),
-            "embedding": pa.nulls(n, pa.list_(pa.float32())),
-            "predicted_at": pa.nulls(n, pa.timestamp("us", tz="UTC")),
-        },
-        schema=schemas.PREDICTIONS_SCHEMA,
-    )
-    store.upsert("predictions", preds, schema=schemas.PREDICTIONS_SCHEMA)
-    models = pa.Table.from_pylist(
-        [{"name": "m", "role": "target", "class_names": ["cat", "dog"]}],
-        schema=schemas.MODELS_SCHEMA,
-    )
-    store.upsert("models", models, schema=schemas.MODELS_SCHEMA)
-    return store
+    """Dogs that are small AND on snow fail 80 % of the time, else 5 % (tests/planted_store)."""
+    return build(path, n=n, seed=seed)
 
 
 @pytest.fixture
