@@ -139,3 +139,27 @@ def test_sql_reuses_one_locked_connection_across_queries_and_failures(tmp_path):
         con.sql("SELECT * FROM ingest_errors").fetchall()
     assert con.sql("SELECT current_setting('enable_external_access')").fetchall() == [(False,)]
     assert run_sql(store, "SELECT count(*) AS n FROM ingest_errors").to_pylist() == [{"n": 300}]
+
+
+def _data_files(store: Store, name: str) -> set[str]:
+    return {f.path for frag in store.dataset(name).get_fragments() for f in frag.data_files()}
+
+
+def test_append_evolves_the_schema_and_rewrites_no_row(tmp_path):
+    from failstore.errors import StoreError
+
+    store = Store.init(tmp_path / "s")
+    store.append("r", pa.table({"run_id": ["a", "a"], "x": [1, 2]}))
+    before = _data_files(store, "r")
+    # new rows with one more column and one less
+    store.append("r", pa.table({"run_id": ["b"], "y": [0.5]}))
+    got = store.read("r").to_pylist()
+    assert got == [
+        {"run_id": "a", "x": 1, "y": None},
+        {"run_id": "a", "x": 2, "y": None},
+        {"run_id": "b", "x": None, "y": 0.5},
+    ]
+    assert before <= _data_files(store, "r")  # the first rows' files are still the data
+    with pytest.raises(StoreError, match="table 'r' column 'x' has type int64, this write has"):
+        store.append("r", pa.table({"run_id": ["c"], "x": ["not a number"]}))
+    assert store.count("r") == 3
