@@ -164,7 +164,7 @@ def _check_loaded(adapter: Any, row: dict[str, Any], extra: dict[str, Any]) -> N
     got_sd = rec.extra.get("state_dict_sha256")
     if row.get("checkpoint_sha256") is None and want_sd is not None and got_sd != want_sd:
         raise CheckpointChangedError(
-            f"model {name!r}: the state dict {row['spec']}() returns changed "
+            f"model {name!r}: the state dict of {row['spec']}() changed "
             f"(sha256 {got_sd} expected {want_sd})",
             hint="re-ingest with the new weights or restore the old ones",
         )
