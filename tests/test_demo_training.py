@@ -271,8 +271,12 @@ def test_target_export_metrics_and_determinism(world: dict, tmp_path: Path) -> N
     assert meta["class_names"] == CLASSES
     pre = meta["preprocess"]
     assert set(pre) == {"resize", "crop", "mean", "std", "interpolation"}
-    assert pre["resize"] == 64 and len(pre["std"]) == 3
+    assert (pre["resize"], pre["crop"], pre["interpolation"]) == (64, 64, "bilinear")
     mean, std = pre["mean"], pre["std"]
+    train = world["images"][world["split"] == "train"].reshape(-1, 3).astype(np.float64) / 255
+    # the train split's stats (the trainer sums in float32: ~4e-4 off the float64 values)
+    assert mean == pytest.approx(train.mean(0).tolist(), abs=1e-3)
+    assert std == pytest.approx((train.std(0) + 1e-3).tolist(), abs=1e-3)
     assert meta["metrics"] == json.loads(json.dumps(m1)) and (meta["role"], meta["arch"]) == (
         "target", "cnn")  # fmt: skip
     for split in ("train", "val", "test"):  # reported accuracies = an independent recount
@@ -536,6 +540,8 @@ def test_train_all_writes_cache_and_reuses_it(world: dict, tmp_path: Path) -> No
     m = out["metrics"]
     assert {"target", "robust", "clip", "seconds"} <= set(m)
     assert "adv_accuracy" in m["robust"] and "tag_macro_f1_test" in m["clip"]
+    assert (m["target"]["steps"], m["robust"]["steps"]) == (128 // 64, 64 // 64)  # the budgets
+    assert m["robust"]["adv_eval_images"] == min(16, int((world["split"] == "test").sum()))
     again = train_all(*arrays, tmp_path / "cache", quick=True, seed=0, configs=configs)
     assert again["reused"] is True and again["metrics"] == json.loads(json.dumps(m))
     changed = dict(world["attributes"])
