@@ -412,3 +412,69 @@ def test_hf_cache_lookup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     assert hf_cached_file("org/m", "model.safetensors") == snap / "bbb" / "model.safetensors"
     assert hf_cached_file("org/m", "model.safetensors", "aaa") == snap / "aaa" / "model.safetensors"
     assert hf_cached_file("org/other", "model.safetensors") is None
+
+
+# --- state-dict directories (factory + safetensors) ---------------------------------------------
+
+
+def test_state_dict_dir(tmp_path: Path) -> None:
+    from failstore.demo.nets import BottleneckCNN
+    from failstore.models import save_state_dict_dir
+
+    torch.manual_seed(7)
+    kw = {"num_classes": 3, "widths": [4, 8, 8, 8], "bottleneck": 6}
+    net = BottleneckCNN(**kw).eval()
+    d = save_state_dict_dir(net, tmp_path / "cnn", "failstore.demo.nets:BottleneckCNN", kw,
+                            class_names=["a", "b", "c"], preprocess=TINY_PRE,
+                            extra={"metrics": {"acc": 0.5}})  # fmt: skip
+    code = (
+        "import sys, failstore.models as m;"
+        f"a = m.resolve('target', {str(d)!r});"
+        "print(a.name, a.preprocess.crop, 'torch' in sys.modules)"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert res.stdout.split() == ["cnn", "32", "False"]  # found and checked without torch
+    for spec in (str(d), f"state-dict:{d}"):
+        adapter = resolve("target", spec)
+        adapter.load()
+        batch = to_batch(images(), adapter.preprocess)
+        out = adapter.encode(batch)
+        with torch.inference_mode():
+            np.testing.assert_allclose(out["logits"], net(batch).numpy(), rtol=1e-5, atol=1e-5)
+            np.testing.assert_allclose(out["embedding"], net.embed(batch).numpy(), atol=1e-6)
+        rec = adapter.record()
+        assert (rec.layer, rec.class_names, rec.embedding_dim) == ("head:input", list("abc"), 6)
+        assert rec.checkpoint_sha256 == sha(d / "model.safetensors")
+        assert rec.extra["metrics"] == {"acc": 0.5} and rec.extra["source"] == "state_dict"
+        assert rec.extra["factory"] == "failstore.demo.nets:BottleneckCNN"
+        check_head(adapter, out)
+
+
+def test_state_dict_dir_errors(tmp_path: Path) -> None:
+    d = tmp_path / "m"
+    d.mkdir()
+    meta = {"format": "failstore-state-dict", "version": 1, "factory": "no_such_mod_q:make"}
+    (d / "failstore_model.json").write_text(json.dumps(meta))
+    with pytest.raises(WeightsNotFoundError) as exc:
+        resolve("target", str(d))
+    assert str(exc.value) == (
+        f"{d}: weights file {d}/model.safetensors not found; copy the model.safetensors saved "
+        "with failstore_model.json into that directory"
+    )
+    (d / "model.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(ModelSpecError) as exc:
+        resolve("target", f"state-dict:{d}")
+    assert str(exc.value) == (
+        f"{d}/failstore_model.json: cannot import the factory's module 'no_such_mod_q'; "
+        "install it or add its folder to PYTHONPATH"
+    )
+    meta["factory"] = "failstore.demo.nets:PooledCNN"
+    meta["kwargs"] = {"num_classes": 2}
+    (d / "failstore_model.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelSpecError, match=r"model\.safetensors: not a readable safetensors"):
+        resolve("target", str(d)).load()
+    (d / "failstore_model.json").write_text(json.dumps({**meta, "format": "x"}))
+    with pytest.raises(ModelSpecError, match=r"'format' must be 'failstore-state-dict', got 'x'"):
+        resolve("target", str(d))
+    with pytest.raises(ModelSpecError, match=r"directory not found: "):
+        resolve("target", f"state-dict:{tmp_path / 'absent'}")
