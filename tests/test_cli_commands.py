@@ -1,4 +1,5 @@
-"""CLI behaviour: one-line errors and exit codes, --debug, queries save/list/show/drop, info."""
+"""CLI behaviour: one-line errors and exit codes, --debug, queries save/list/show/drop, info,
+hostile SQL refused (tests/fixtures/hostile_sql.sql)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,14 @@ import sys
 
 import pyarrow as pa
 import pytest
+from hostile_sql import (
+    CASES,
+    failstore_command,
+    make_store,
+    run_cli_batch,
+    snapshot,
+    sql_args,
+)
 
 from failstore import schemas
 from failstore.store import Store
@@ -159,3 +168,47 @@ def test_a_saved_query_cannot_shadow_a_table_of_the_store(store):
     assert r.returncode == 1
     assert r.stderr == "error: query name 'My_Results' is a table name; choose another name\n"
     assert not store.has_table("saved_queries")
+
+
+# ----------------------------------------------------------------------------- hostile SQL
+
+
+@pytest.fixture(scope="module")
+def hostile_runs(tmp_path_factory):
+    """Every case of tests/fixtures/hostile_sql.sql through `failstore sql` on a real store,
+    batched in one subprocess (about 1 s instead of one interpreter start per case)."""
+    path = tmp_path_factory.mktemp("hostile") / "store"
+    make_store(path)
+    before = snapshot(path)
+    results = run_cli_batch(path, [c.sql for c in CASES])
+    return path, before, dict(zip(CASES, results, strict=True))
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_hostile_sql_is_one_error_line_and_changes_nothing(hostile_runs, case):
+    _, before, results = hostile_runs
+    r = results[case]
+    assert (r["code"], r["stdout"]) == (1, "")
+    assert r["stderr"] == f"error: {case.message}\n"  # exactly one line, no traceback
+    assert r["versions"] == {name: version for name, (version, _) in before.items()}
+
+
+def test_hostile_sql_leaves_every_table_as_it_was(hostile_runs):
+    path, before, _ = hostile_runs
+    assert snapshot(path) == before
+    assert sorted(before) == ["images", "models", "predictions"]
+    ok = run("--store", str(path), "sql", "SELECT count(*) AS n FROM images", "-f", "json")
+    assert (ok.returncode, ok.stdout) == (0, '[{"n": 4}]\n')
+
+
+FIRST_OF_EACH_SECTION = list({c.section: c for c in reversed(CASES)}.values())
+
+
+@pytest.mark.parametrize("case", FIRST_OF_EACH_SECTION, ids=[c.id for c in FIRST_OF_EACH_SECTION])
+def test_hostile_sql_through_the_installed_command(hostile_runs, case):
+    """The batch driver calls the entry point in-process; these run the real `failstore`."""
+    path, before, _ = hostile_runs
+    cmd = [*failstore_command(), "--store", str(path), "sql", *sql_args(case.sql)]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert (r.returncode, r.stdout, r.stderr) == (1, "", f"error: {case.message}\n")
+    assert snapshot(path) == before
