@@ -3,7 +3,10 @@
 ``resolve(role, spec, ...)`` turns a spec string into a ``ModelAdapter`` and checks what is cheap
 to check (spec form, files exist, TorchScript metadata, vocabulary and class-name files), so a
 broken spec fails before anything is written. Weights are read by ``adapter.load()``; missing
-weights raise ``WeightsNotFoundError``; failstore never downloads anything. See docs/models.md.
+weights raise ``WeightsNotFoundError``; failstore never downloads anything.
+``load_model(store, name)`` rebuilds an adapter from its row of the store's ``models`` table
+(checking the checkpoint's sha256). ``save_state_dict_dir`` writes the state-dict directory
+format (factory + safetensors). See docs/models.md.
 """
 
 from __future__ import annotations
