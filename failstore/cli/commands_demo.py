@@ -16,11 +16,12 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{x:.2f}"
 
 
-def _metric(metrics: dict[str, Any], model: str, *keys: str) -> str:
-    m = metrics.get(model, {})
-    for k in keys:
-        if isinstance(m.get(k), (int, float)):
-            return f"{m[k]:.3f}"
+def _metric(metrics: dict[str, Any], model: str, key: str) -> str:
+    """``metrics[model][key]`` (as the demo trainers write it) to 3 decimals, or "-"."""
+    m = metrics.get(model)
+    v = m.get(key) if isinstance(m, dict) else None
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return f"{v:.3f}"
     return "-"
 
 
@@ -36,10 +37,10 @@ def print_report(result: Any) -> None:
         f"store {store}"
     )
     con.print(
-        f"models: target accuracy train {_metric(m, 'target', 'train_acc', 'train_accuracy')} / "
-        f"test {_metric(m, 'target', 'test_acc', 'test_accuracy')}; robust clean "
-        f"{_metric(m, 'robust', 'clean_acc', 'clean_accuracy')} / adversarial "
-        f"{_metric(m, 'robust', 'adv_acc', 'adversarial_accuracy')}; "
+        f"models: target accuracy train {_metric(m, 'target', 'train_accuracy')} / "
+        f"test {_metric(m, 'target', 'test_accuracy')}; robust clean "
+        f"{_metric(m, 'robust', 'clean_accuracy')} / adversarial "
+        f"{_metric(m, 'robust', 'adv_accuracy')}; "
         f"tagger macro-F1 on test {result.tag_macro_f1:.3f}"
     )
     con.print(
