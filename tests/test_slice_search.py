@@ -104,7 +104,7 @@ def test_wide_keys_path_matches_oracle():
     # Past the declared limit (5) on purpose: with 6 tags only this reaches the wide-key path.
     object.__setattr__(params, "max_tags", 40)
     fast = find_slices(x, correct, names(6), params)
-    assert fast.num_rows > 20
+    assert fast.num_rows == 37  # the oracle below finds the same 37 slices
     assert_same(fast, brute_force_slices(x, correct, names(6), params))
 
 
@@ -346,7 +346,10 @@ def test_empty_eval_split():
     table = find_slices(
         x, correct, tag_names, eval_tags=np.zeros((0, 6), bool), eval_correct=np.zeros(0, bool)
     )
-    assert table.num_rows > 0
+    # The same slices as without an eval split, in the same order; only the eval columns differ.
+    plain = find_slices(x, correct, tag_names)
+    assert table.num_rows == plain.num_rows >= 1
+    assert table.drop_columns(list(EVAL_COLUMNS)).to_pylist() == plain.to_pylist()
     assert table.column("eval_size").to_pylist() == [0] * table.num_rows
     assert table.column("eval_error_rate").null_count == table.num_rows
     assert table.column("eval_accuracy_drop").null_count == table.num_rows
@@ -379,13 +382,18 @@ def test_combinations_of_many_tags_when_everything_is_frequent():
     fast = find_slices(x, correct, names(9), params)
     assert ["tag0", "tag5", "tag8"] in fast.column("tags").to_pylist()
     assert_same(fast, brute_force_slices(x, correct, names(9), params))
-    n_supported = sum(
-        (x[:, list(c)].all(axis=1).sum() >= 20)
-        for k in (1, 2, 3)
-        for c in itertools.combinations(range(9), k)
-    )
     assert fast.column("q_value").to_pylist()[0] > fast.column("p_value").to_pylist()[0]
-    assert n_supported > 100
+    # Brute force: every tag set of 1-3 tags shared by at least min_size images, per size.
+    supported = [
+        sum(int(x[:, list(c)].all(axis=1).sum() >= 20) for c in itertools.combinations(range(9), k))
+        for k in (1, 2, 3)
+    ]
+    # Everything is frequent: all C(9,1) + C(9,2) + C(9,3) = 9 + 36 + 84 sets are supported ...
+    assert supported == [9, 36, 84]
+    # ... and the search counts exactly those (no candidate is pruned, none is missed).
+    _, levels = slice_search._search(slice_search._check(x, correct, 9), params)
+    assert [len(r) for r in levels.rows] == supported
+    assert levels.candidates == sum(supported) == 129
 
 
 def test_bad_inputs():
