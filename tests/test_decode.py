@@ -199,6 +199,89 @@ def test_geometry_matches_torchvision(
     np.testing.assert_array_equal(got, np.asarray(expected))
 
 
+# The test oracle (tests/preprocess_oracle.py: plain PIL + numpy) against the pipeline.
+#
+# They share the resampling (PIL, same filter) but not all of the geometry: the oracle rounds the
+# resized long side (round) where torchvision and the pipeline truncate (int), and it floors the
+# crop offset where torchvision rounds half to even (and pads accordingly). So:
+# - where the resized sizes agree (the usual case), the pipeline's crop is exactly the oracle's
+#   resampled image cut at torchvision's offsets, and equals the oracle's own crop whenever the
+#   offsets agree too (also after normalisation: to_batch vs the pipeline's _normalise);
+# - where the oracle's rounding gives one more pixel on the long side, the two resample at
+#   different scales and their pixels legitimately differ; the test checks that this is the only
+#   difference (the short side and every other case agree exactly).
+ORACLE_SIZES = [
+    (37, 53), (53, 37), (100, 100), (13, 301), (301, 13), (7, 9),
+    (64, 48), (48, 64), (640, 480), (33, 32), (250, 200), (45, 30),
+]  # fmt: skip
+ORACLE_GEOMETRY = [(32, 28), (17, 17), (20, 24), (256, 224), (16, 16), (24, 24), (15, 12)]
+
+
+def oracle_resized_size(w: int, h: int, resize: int) -> tuple[int, int]:
+    """The oracle's resized size (its recipe: round, at least ``resize``)."""
+    scale = resize / min(w, h)
+    return max(resize, round(w * scale)), max(resize, round(h * scale))
+
+
+def torchvision_offset(n: int, crop: int) -> int:
+    """Where torchvision's CenterCrop starts along an axis of n pixels (negative: zero pad)."""
+    return -((crop - n) // 2) if crop > n else round((n - crop) / 2.0)
+
+
+def window(arr: np.ndarray, top: int, left: int, crop: int) -> np.ndarray:
+    """arr[top : top + crop, left : left + crop], zero outside arr (offsets may be negative)."""
+    padded = np.pad(arr, ((crop, crop), (crop, crop), (0, 0)))
+    return padded[top + crop : top + 2 * crop, left + crop : left + 2 * crop]
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic", "nearest"])
+def test_decode_matches_the_preprocess_oracle(tmp_path: Path, interpolation: str) -> None:
+    import torch
+    from preprocess_oracle import geometry, to_batch
+
+    from failstore.ingest.decode import RESAMPLING, resize_shorter
+    from failstore.ingest.pipeline import _normalise
+
+    same_size = same_crop = 0
+    for w, h in ORACLE_SIZES:
+        im = noise(w, h, seed=w * 1000 + h)
+        pres = [Preprocess(r, c, interpolation=interpolation) for r, c in ORACLE_GEOMETRY]
+        decoded = decode_one(save(tmp_path / f"{w}x{h}.png", im), pres)
+        for pre in pres:
+            resize, crop = pre.resize, pre.crop
+            got = decoded.arrays[pre.key()]
+            assert got.dtype == np.uint8 and got.shape == (crop, crop, 3)
+            nw, nh = oracle_resized_size(w, h, resize)
+            size = resize_shorter(im, resize, RESAMPLING[interpolation]).size
+            case = (w, h, resize, crop)
+            if size != (nw, nh):
+                # The oracle's rounding: one more pixel on the long side, never anything else.
+                long_ = max(w, h) * resize / min(w, h)
+                assert min(size) == min(nw, nh) == resize, case
+                assert max(nw, nh) == max(size) + 1 == round(long_) == int(long_) + 1, case
+                continue
+            same_size += 1
+            # The oracle's whole resampled image: crop it with a window larger than the image.
+            big = max(nw, nh)
+            full = geometry(im, Preprocess(resize, big, interpolation=interpolation))
+            top, left = -((nh - big) // 2), -((nw - big) // 2)
+            resampled = full[top : top + nh, left : left + nw]
+            expected = window(
+                resampled, torchvision_offset(nh, crop), torchvision_offset(nw, crop), crop
+            )
+            np.testing.assert_array_equal(got, expected, err_msg=str(case))
+            if (torchvision_offset(nh, crop), torchvision_offset(nw, crop)) == (
+                (nh - crop) // 2,
+                (nw - crop) // 2,
+            ):
+                same_crop += 1
+                np.testing.assert_array_equal(got, geometry(im, pre), err_msg=str(case))
+                batch = _normalise([got], pre, "cpu")
+                assert torch.equal(batch, to_batch([im], pre)), case
+    # How many of the 84 cases each check covered (the same for every interpolation).
+    assert (same_size, same_crop) == (52, 35)
+
+
 def test_unknown_interpolation_is_a_config_error(tmp_path: Path) -> None:
     bad = Preprocess(8, 8, interpolation="cubic")
     msg = (
