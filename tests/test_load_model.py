@@ -236,6 +236,13 @@ def test_torchscript_robustness_and_factory(
     store = Store(store_path)
     script = check_target(store, "scripted", "embed")
     assert "head" in dict(script.module.named_modules()) and script.head_name == "head"
+    assert script.record().class_names == ["red", "green", "blue"]  # the file's own names
+
+    names = tmp_path / "names.txt"  # names given at ingest come back without the file
+    names.write_text("r\ng\nb\n")
+    run_ingest(tmp_path / "S2", images, target=str(ts), class_names=names)
+    names.unlink()
+    assert load_model(tmp_path / "S2", "scripted").record().class_names == ["r", "g", "b"]
     check_robust(store, "r18_robust", "fc:input")
     factory = check_target(store, "fs_load_factory:make", "6:input")
     assert factory.head_name == "6"

@@ -103,7 +103,9 @@ def _rebuild(row: dict[str, Any], extra: dict[str, Any]) -> ModelAdapter:
     layer = row.get("layer")
     if layer in _DEFAULT_LABELS or (layer == "embed" and isinstance(source, TorchScriptSource)):
         layer = None
-    names = row.get("class_names") if role == "target" else None
+    # names given with --class-names at ingest are taken from the row; the model's own names
+    # must come back by themselves (checked against the row after loading)
+    names = row.get("class_names") if role == "target" and "class_names_from" in extra else None
     return FeatureAdapter(role, spec, source, layer=layer, class_names=names)
 
 
