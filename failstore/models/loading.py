@@ -79,8 +79,9 @@ def _row(store: Store, name: str) -> dict[str, Any]:
 
 
 def _rebuild(row: dict[str, Any], extra: dict[str, Any]) -> ModelAdapter:
-    from failstore.models import FeatureAdapter, _classifier_source
+    from failstore.models.base import FeatureAdapter
     from failstore.models.clip import ClipAdapter
+    from failstore.models.specs import _classifier_source
     from failstore.models.target import TorchScriptSource
 
     role, spec = row["role"], row["spec"]
