@@ -55,11 +55,52 @@ def test_custom_world_runs_end_to_end(tmp_path, monkeypatch):
     assert result.metrics["target"]["steps"] == 512 // 64  # the tiny budgets were used
     assert store.count("images") == 480 and store.count("predictions") == 480
     assert [f.planted for f in result.findings] == ["cows off grass"]
-    got = run_sql(store,
-        "SELECT DISTINCT attr_background FROM images WHERE split = 'train' AND label = 'cow'"
+    got = run_sql(
+        store, "SELECT DISTINCT attr_background FROM images WHERE split = 'train' AND label = 'cow'"
     ).to_pylist()
     assert got == [{"attr_background": "grass"}]  # the custom rule holds in train
     assert {"target", "robust", "clip"} <= {
         r["role"] for r in store.read("models", ["role"]).to_pylist()
     }
-    assert store.count("tagger_audit") > 0 and store.count("model_metrics") > 0
+    check_demo_tables(store, result.metrics)
+
+
+def numeric_metrics(metrics: dict) -> dict[tuple[str, str], float]:
+    """(model, metric) -> value for every number (not bool) in the per-model metric dicts."""
+    return {
+        (model, k): float(v)
+        for model, m in metrics.items()
+        if isinstance(m, dict)
+        for k, v in m.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
+
+
+def check_demo_tables(store: Store, metrics: dict) -> None:
+    # model_metrics: one row per numeric metric of the run's metrics, with its value.
+    rows = store.read("model_metrics").to_pylist()
+    expected = numeric_metrics(metrics)
+    assert len(rows) == len(expected)
+    assert {(r["model"], r["metric"]): r["value"] for r in rows} == expected
+    assert {"steps", "test_accuracy"} <= {k for (model, k) in expected if model == "target"}
+    assert ("robust", "adv_accuracy") in expected
+    # tagger_audit: one row per tag of the CLIP model's vocabulary, in vocabulary order, whose
+    # counts agree with a recount of the test images' tags and attributes.
+    clip = store.read("models", ["tags"], filter="role = 'clip'").to_pylist()
+    (vocab,) = [r["tags"] for r in clip]
+    audit = store.read("tagger_audit").to_pylist()
+    assert [r["tag"] for r in audit] == vocab and len(vocab) >= 1
+    test_images = store.read("images", filter="split = 'test'").to_pylist()
+    assert len(test_images) == 120
+    for r in audit:
+        assert r["predicted"] == sum(r["tag"] in (im["tags"] or []) for im in test_images)
+        if r["attribute"]:
+            assert r["support"] == sum(im[r["attribute"]] == r["tag"] for im in test_images)
+        else:
+            assert r["support"] == 0
+    # Each table was written as one run, recorded in analysis_runs.
+    runs = {r["run_id"]: r for r in store.read("analysis_runs").to_pylist()}
+    for table, n in (("model_metrics", len(expected)), ("tagger_audit", len(vocab))):
+        (run_id,) = set(store.read(table, ["run_id"]).column("run_id").to_pylist())
+        assert (runs[run_id]["analysis"], runs[run_id]["result_table"]) == (f"demo.{table}", table)
+        assert runs[run_id]["rows"] == n
