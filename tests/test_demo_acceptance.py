@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from failstore import config
 from failstore.demo.findings import matches
 from failstore.demo.spec import planted_slices
 from failstore.demo.world import default_spec
@@ -21,7 +21,6 @@ from failstore.queries.slices.estimator import Slices
 from failstore.queries.sql.session import run_sql
 from failstore.store import Store
 
-ROOT = Path(__file__).resolve().parents[1]
 ATTRS = ["attr_background", "attr_color", "attr_size"]
 PLANTED = {p.name: p for p in planted_slices(default_spec(quick=True))}
 
@@ -30,7 +29,9 @@ PLANTED = {p.name: p for p in planted_slices(default_spec(quick=True))}
 def demo(tmp_path_factory):
     from failstore.demo.run import run_demo
 
-    cache = ROOT / ".cache" / "test-demo"  # reused across local runs; fresh in CI
+    # Outside the checkout: $FAILSTORE_CACHE (or ~/.cache/failstore) / test-demo, reused across
+    # local runs; CI machines start clean, so there it is built fresh.
+    cache = config.cache_dir() / "test-demo"
     old = os.environ.get("FAILSTORE_CACHE")
     os.environ["FAILSTORE_CACHE"] = str(cache)
     try:
@@ -91,14 +92,18 @@ def test_report_lists_the_planted_slices(demo):
 
 def test_sql_joins_predictions_tags_and_attributes(demo):
     store = Store(demo.store)
-    rows = run_sql(store,
+    rows = run_sql(
+        store,
         "SELECT label, attr_background, count(*) AS n, avg(CASE WHEN correct THEN 0 ELSE 1 END) "
         "AS err FROM samples WHERE split = 'test' AND list_contains(tags, 'water') "
-        "GROUP BY ALL ORDER BY n DESC"
+        "GROUP BY ALL ORDER BY n DESC",
     ).to_pylist()
-    assert rows and {"label", "attr_background", "n", "err"} <= rows[0].keys()
-    for q in demo.findings:
-        assert run_sql(store, q.sql).num_rows > 0
+    assert rows and list(rows[0]) == ["label", "attr_background", "n", "err"]
+    test = store.read("images", ["tags"], filter="split = 'test'").column("tags").to_pylist()
+    assert sum(r["n"] for r in rows) == sum("water" in (t or []) for t in test)
+    for q in demo.findings:  # each finding's SQL selects its slice: on val, the slice's size
+        n = run_sql(store, f"SELECT count(DISTINCT uri) AS n FROM ({q.sql} AND split = 'val')")
+        assert n.to_pylist() == [{"n": q.size}], q
 
 
 def test_tagger_audit_matches_a_recount_from_the_store(demo):
@@ -111,7 +116,18 @@ def test_tagger_audit_matches_a_recount_from_the_store(demo):
     assert audit["water"]["precision"] == pytest.approx(tp / max(pred.sum(), 1))
     assert audit["water"]["recall"] == pytest.approx(tp / truth.sum())
     metrics = run_sql(store, "SELECT model, metric, value FROM model_metrics").to_pylist()
-    assert {m["model"] for m in metrics} >= {"target", "robust", "clip"}
+    assert {m["model"] for m in metrics} == {"target", "robust", "clip"}
+    numeric = {
+        (model, k): float(v)
+        for model, m in demo.metrics.items()
+        if isinstance(m, dict)
+        for k, v in m.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
+    assert {(m["model"], m["metric"]): m["value"] for m in metrics} == numeric
+    assert len(metrics) == len(numeric)
+    (vocab,) = store.read("models", ["tags"], filter="role = 'clip'").column("tags").to_pylist()
+    assert list(audit) == vocab and store.count("tagger_audit") == len(vocab)  # one row per tag
 
 
 @pytest.mark.parametrize("mode", list(PLANTED))
@@ -127,17 +143,19 @@ def test_planted_slices_fail_on_test(demo, mode):
         where = p.where("label")
         (cls,) = p.classes
         sl = (
-            run_sql(store,
+            run_sql(
+                store,
                 f"SELECT avg(CASE WHEN correct THEN 0.0 ELSE 1.0 END) AS e FROM samples "
-                f"WHERE split = 'test' AND {where}"
+                f"WHERE split = 'test' AND {where}",
             )
             .column("e")[0]
             .as_py()
         )
         whole = (
-            run_sql(store,
+            run_sql(
+                store,
                 f"SELECT avg(CASE WHEN correct THEN 0.0 ELSE 1.0 END) AS e FROM "
-                f"samples WHERE split = 'test' AND label = '{cls}'"
+                f"samples WHERE split = 'test' AND label = '{cls}'",
             )
             .column("e")[0]
             .as_py()
