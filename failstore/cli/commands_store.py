@@ -64,8 +64,8 @@ def ingest(
     target: Annotated[
         str | None,
         typer.Option(
-            help="Target model spec: efficientnet_lite0, "
-            "torchvision:NAME, timm:NAME, a TorchScript file, or module:factory."
+            help="Target model spec: efficientnet_lite0, torchvision:NAME, timm:NAME, "
+            "a state-dict directory (factory + safetensors), a TorchScript file, or module:factory."
         ),
     ] = None,
     robust: Annotated[

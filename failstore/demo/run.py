@@ -138,6 +138,7 @@ def run_demo(
         tags=specs["tags"],
         workers=config.default_workers() if workers is None else workers,
     )
+    _drop_stale_demo_store(store_path, specs, log)
     report = ingest(store_path, opts, warn=lambda m: log(f"warning: {m}"), progress=progress)
     log(f"ingest: {report.summary()}")
     seconds["ingest"] = time.perf_counter() - t2
@@ -204,6 +205,34 @@ def _write_demo_tables(store: Store, metrics: dict[str, Any], log: Log) -> float
     macro = float(macro_f1(audit))
     log(f"tagger audit on {HOLDOUT_SPLIT}: macro-F1 {macro:.3f} over {len(vocab)} tags")
     return macro
+
+
+def _drop_stale_demo_store(store_path: Path, specs: dict[str, str], log: Log) -> None:
+    """A store that an earlier demo filled with other demo models (older trainer, other
+    weights) cannot take the new ones under the same names: it is removed and rebuilt. Only a
+    store whose every model came from the demo cache is touched; anything else is left alone
+    (the ingest then says which model differs)."""
+    from failstore.models import resolve
+    from failstore.models.weights import sha256_files
+
+    if not (store_path / "failstore.json").is_file() or not (store_path / "models.lance").is_dir():
+        return
+    rows = Store(store_path).read("models", ["name", "role", "spec", "checkpoint_sha256"])
+    demo_cache = str(config.cache_dir() / "demo")
+    rows_list = rows.to_pylist()
+    if not rows_list or not all(demo_cache in str(r["spec"]) for r in rows_list):
+        return
+    want = {}
+    for role in ("target", "robust", "clip"):
+        adapter: Any = resolve(role, specs[role])  # type: ignore[arg-type]
+        files = adapter.checkpoint_files() if role == "clip" else adapter.source.files()
+        want[role] = (specs[role], sha256_files(files))
+    stale = [
+        r["name"] for r in rows_list if (r["spec"], r["checkpoint_sha256"]) != want.get(r["role"])
+    ]
+    if stale:
+        log(f"store: {store_path} holds older demo models ({', '.join(stale)}); rebuilding it")
+        shutil.rmtree(store_path)
 
 
 MODEL_METRICS_SCHEMA = pa.schema(
