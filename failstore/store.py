@@ -36,23 +36,33 @@ class Store:
     def __init__(self, path: str | Path | None = None, *, create: bool = False) -> None:
         self.path = config.store_path(path)
         marker = self.path / MARKER
+        if self.path.exists() and not self.path.is_dir():
+            raise StoreError(
+                f"{self.path} is a file, not a store directory",
+                hint="pass --store with a directory (new, empty, or an existing store)",
+            )
         if not marker.exists():
+            if self.path.exists() and any(self.path.iterdir()):
+                raise StoreError(
+                    f"{self.path} is not a failstore store (no {MARKER}) and is not empty",
+                    hint="pass --store with a new or empty directory, or an existing store",
+                )
             if not create:
-                if self.path.exists() and any(self.path.iterdir()):
-                    raise StoreError(
-                        f"{self.path} is not a failstore store (no {MARKER})",
-                        hint="pass --store with a store directory, or run `failstore init PATH`",
-                    )
                 raise StoreError(
                     f"no store at {self.path}",
                     hint="run `failstore init` or `failstore ingest` first, or pass --store PATH",
                 )
-            self.path.mkdir(parents=True, exist_ok=True)
+            try:
+                self.path.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise StoreError(
+                    f"cannot create the store directory {self.path} ({e.strerror})",
+                    hint="pass --store with a path whose parent is a writable directory",
+                ) from e
             marker.write_text(
                 json.dumps({"format": FORMAT_VERSION, "created": utcnow().isoformat()})
             )
         self._db: Any = None
-        self._con: Any = None  # one locked-down DuckDB connection, reused by sql()
 
     @classmethod
     def init(cls, path: str | Path | None = None) -> Store:

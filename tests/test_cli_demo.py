@@ -220,3 +220,26 @@ def test_init_on_a_bad_path_is_one_error_line(
     assert err.startswith("error: ") and err.endswith("\n") and err.count("\n") == 1
     assert str(tmp_path / "a_file") in err and "Traceback" not in err
     assert (tmp_path / "a_file").read_text() == "not a directory"
+    if where == "a_file":
+        assert err == (
+            f"error: {tmp_path / 'a_file'} is a file, not a store directory; "
+            "pass --store with a directory (new, empty, or an existing store)\n"
+        )
+    else:
+        assert err == (
+            f"error: cannot create the store directory {tmp_path / where} (Not a directory); "
+            "pass --store with a path whose parent is a writable directory\n"
+        )
+
+
+def test_init_refuses_a_non_empty_directory_that_is_not_a_store(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "cat.jpg").write_bytes(b"x")
+    assert call("init", str(tmp_path / "photos")) == 1
+    assert capsys.readouterr().err == (
+        f"error: {tmp_path / 'photos'} is not a failstore store (no failstore.json) and is not "
+        "empty; pass --store with a new or empty directory, or an existing store\n"
+    )
+    assert sorted(p.name for p in (tmp_path / "photos").iterdir()) == ["cat.jpg"]

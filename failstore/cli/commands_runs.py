@@ -27,7 +27,8 @@ def parse_duration(text: str, flag: str) -> timedelta:
 
 
 runs_app = typer.Typer(
-    help="Analysis runs: every run's parameters, source versions, rows and time.",
+    help="Analysis runs: every run's parameters, source versions, rows and time.\n\n"
+    "Example: failstore runs --analysis slices",
     invoke_without_command=True,
 )
 
