@@ -12,6 +12,19 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+
+def _hypothesis_outside_the_checkout() -> None:
+    """Hypothesis keeps its example database in ./.hypothesis by default: the suite writes
+    nothing into the checkout, so it goes to failstore's cache (reused across local runs)."""
+    from hypothesis.configuration import set_hypothesis_home_dir
+
+    from failstore import config
+
+    set_hypothesis_home_dir(config.cache_dir() / "hypothesis")
+
+
+_hypothesis_outside_the_checkout()
+
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 210)}
 
 

@@ -10,10 +10,8 @@ import pyarrow as pa
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from hypothesis.configuration import set_hypothesis_home_dir
 from scipy.stats import fisher_exact
 
-from failstore import config
 from failstore.errors import ConfigError, InputError
 from failstore.queries.slices import search as slice_search
 from failstore.queries.slices.search import (
@@ -23,10 +21,6 @@ from failstore.queries.slices.search import (
     slice_schema,
 )
 from failstore.queries.slices.stats import bh_qvalues, describe, fisher_greater
-
-# Hypothesis keeps its example database in ./.hypothesis by default: keep it out of the checkout
-# (reused across local runs, like the demo cache).
-set_hypothesis_home_dir(config.cache_dir() / "hypothesis")
 
 EVAL_COLUMNS = ("eval_size", "eval_error_rate", "eval_accuracy_drop", "holds")
 
