@@ -181,3 +181,4 @@ class DecodePool:
                 p.join(1.0)
             if p.is_alive() and hasattr(p, "kill"):
                 p.kill()
+                p.join(5.0)  # SIGKILL cannot be ignored: wait until it is gone (a busy machine)

@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from failstore import config
 from failstore.errors import SqlError, SqlRefused, SqlTimeout
-from failstore.queries.sql.guard import guard_query
+from failstore.queries.sql.guard import GuardedQuery, guard_query
 from failstore.queries.sql.stored import StoredQuery
 
 DUCKDB_CONFIG = {
@@ -70,26 +70,12 @@ class SqlEngine:
         self, sql: str, *, params: Mapping[str, str] | None = None, dialect: str | None = None
     ) -> str:
         """The DuckDB SQL ``execute`` would run (raises SqlRefused like ``execute``)."""
-        return guard_query(
-            sql,
-            tables=self.schemas,
-            stored=self.stored,
-            dialect=dialect,
-            params=params,
-            missing_hint=self.missing_hint,
-        ).sql
+        return self._guarded(sql, params, dialect).sql
 
     def execute(
         self, sql: str, *, params: Mapping[str, str] | None = None, dialect: str | None = None
     ) -> pa.Table:
-        query = guard_query(
-            sql,
-            tables=self.schemas,
-            stored=self.stored,
-            dialect=dialect,
-            params=params,
-            missing_hint=self.missing_hint,
-        )
+        query = self._guarded(sql, params, dialect)
         con = self.connection or locked_connection()
         registered: list[str] = []
         try:
@@ -108,6 +94,18 @@ class SqlEngine:
             else:
                 for name in registered:
                     con.unregister(name)
+
+    def _guarded(
+        self, sql: str, params: Mapping[str, str] | None, dialect: str | None
+    ) -> GuardedQuery:
+        return guard_query(
+            sql,
+            tables=self.schemas,
+            stored=self.stored,
+            dialect=dialect,
+            params=params,
+            missing_hint=self.missing_hint,
+        )
 
     def _run(self, con: duckdb.DuckDBPyConnection, sql: str) -> pa.Table:
         timed_out = threading.Event()

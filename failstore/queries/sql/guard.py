@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import sqlglot
@@ -394,22 +394,8 @@ def guard_query(
     return GuardedQuery(text, frozenset(expander.used_tables))
 
 
-def guard(
-    sql: str,
-    *,
-    tables: Mapping[str, pa.Schema],
-    stored: Mapping[str, StoredQuery],
-    dialect: str | None = None,
-    params: Mapping[str, str] | None = None,
-    missing_hint: Callable[[str], str | None] | None = None,
-) -> str:
+def guard(sql: str, **options: Any) -> str:
     """Check ``sql`` and return the DuckDB SQL to run; raise SqlRefused (one line) if refused.
-    ``missing_hint(table)`` explains a table that does not exist yet (or returns None)."""
-    return guard_query(
-        sql,
-        tables=tables,
-        stored=stored,
-        dialect=dialect,
-        params=params,
-        missing_hint=missing_hint,
-    ).sql
+    Takes ``guard_query``'s options (``tables``, ``stored``, ``dialect``, ``params``,
+    ``missing_hint``)."""
+    return guard_query(sql, **options).sql
