@@ -7,11 +7,13 @@ projections and filters down; nothing here reads a whole table unless asked to.
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pyarrow as pa
 
@@ -23,6 +25,27 @@ if TYPE_CHECKING:  # pragma: no cover
 
 MARKER = "failstore.json"
 FORMAT_VERSION = 1
+LOCK_FILE = ".writer.lock"  # one writer at a time per store (see Store.writing)
+
+
+def _say_waiting(message: str) -> None:
+    import sys
+
+    print(message, file=sys.stderr, flush=True)
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _locked(method: F) -> F:
+    """Run a write method while holding the store's writer lock."""
+
+    @functools.wraps(method)
+    def wrapper(self: Store, *args: Any, **kwargs: Any) -> Any:
+        with self.writing():
+            return method(self, *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
 
 
 def utcnow() -> datetime:
@@ -63,6 +86,32 @@ class Store:
                 json.dumps({"format": FORMAT_VERSION, "created": utcnow().isoformat()})
             )
         self._db: Any = None
+        self._lock: Any = None
+        self.on_wait: Callable[[str], None] = _say_waiting
+
+    # ------------------------------------------------------------------ the writer lock
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        """Hold the store's writer lock (re-entrant). Every write method takes it for its
+        commit, so writers in other processes never interleave inside a keyed commit: an upsert
+        always sees the rows the previous writer committed and a key is never inserted twice.
+        A writer that has to wait says so once through ``on_wait`` (stderr by default)."""
+        from filelock import FileLock, Timeout
+
+        if self._lock is None:
+            self._lock = FileLock(str(self.path / LOCK_FILE), thread_local=False)
+        try:
+            self._lock.acquire(timeout=0)
+        except Timeout:
+            self.on_wait(
+                f"waiting for another failstore process writing to {self.path} "
+                f"(lock file {self.path / LOCK_FILE})"
+            )
+            self._lock.acquire()
+        try:
+            yield
+        finally:
+            self._lock.release()
 
     @classmethod
     def init(cls, path: str | Path | None = None) -> Store:
@@ -124,6 +173,7 @@ class Store:
             return self.db.open_table(name)
         return self.db.create_table(name, schema=schema, exist_ok=True)
 
+    @_locked
     def ensure_columns(self, name: str, fields: Sequence[pa.Field]) -> None:
         """Add missing columns (all null) to an existing table, in one commit."""
         if not self.has_table(name):
@@ -140,6 +190,7 @@ class Store:
         if missing:
             self.db.open_table(name).add_columns(missing)
 
+    @_locked
     def upsert(
         self, name: str, data: pa.Table, *, schema: pa.Schema | None = None, insert: bool = True
     ) -> int:
@@ -161,6 +212,7 @@ class Store:
         merge.execute(data)
         return self.version(name)
 
+    @_locked
     def append(self, name: str, data: pa.Table, *, schema: pa.Schema | None = None) -> int:
         """Append rows in one commit; returns the new version. The table is created with
         ``schema`` (or the data's) if missing. Columns the table lacks are added first (all
@@ -199,10 +251,12 @@ class Store:
             self.db.open_table(name).add(pa.Table.from_arrays(columns, schema=target))
         return self.version(name)
 
+    @_locked
     def delete(self, name: str, where: str) -> None:
         if self.has_table(name):
             self.db.open_table(name).delete(where)
 
+    @_locked
     def replace(
         self, name: str, data: pa.Table, *, metadata: Mapping[str, str] | None = None
     ) -> int:
@@ -221,6 +275,7 @@ class Store:
         meta = self.schema(name).metadata or {}
         return {k.decode(): v.decode() for k, v in meta.items()}
 
+    @_locked
     def compact(self, older_than: timedelta = timedelta(days=7)) -> list[dict[str, Any]]:
         """Merge small fragments (and rows deleted by upserts / dropped runs) of every table,
         then remove the files of versions older than ``older_than`` that the latest version no
