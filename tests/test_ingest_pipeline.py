@@ -196,3 +196,24 @@ def test_a_fixed_file_leaves_ingest_errors(tmp_path, colour_folder_with_bad, fak
     report = ingest(tmp_path / "s", _opts(colour_folder_with_bad))
     assert report.errors == 0 and report.duplicates == 1
     assert store.count("ingest_errors") == 0
+
+
+def test_one_model_in_two_roles_is_refused_before_any_write(tmp_path, colour_folder, fakes):
+    from failstore.errors import ConfigError, StoreError
+
+    with pytest.raises(ConfigError) as info:
+        ingest(tmp_path / "s", _opts(colour_folder, target="m", robust="m"))
+    assert info.value.one_line() == (
+        "--target and --robust name the same model 'm'; a model has one role in a store; "
+        "give each role its own checkpoint (or a copy under another file name)"
+    )
+    assert not (tmp_path / "s" / "models.lance").exists()
+    ingest(tmp_path / "s", _opts(colour_folder, target="m"))
+    versions = Store(tmp_path / "s").versions()
+    with pytest.raises(StoreError) as info2:
+        ingest(tmp_path / "s", _opts(colour_folder, robust="m"))
+    assert info2.value.one_line() == (
+        f"model 'm' is already in {tmp_path / 's'} as the target model, not as robust; "
+        "give this role its own checkpoint (or a copy under another file name)"
+    )
+    assert Store(tmp_path / "s").versions() == versions

@@ -122,7 +122,7 @@ def test_sql_reuses_one_locked_connection_across_queries_and_failures(tmp_path):
     store = Store.init(tmp_path / "s")
     store.upsert("ingest_errors", _errors([f"u{i}" for i in range(300)]))
     assert run_sql(store, "SELECT count(*) AS n FROM ingest_errors").to_pylist() == [{"n": 300}]
-    con = session(store)._con
+    con = session(store)._connection()
     with pytest.raises(SqlRefused):
         run_sql(store, "DELETE FROM ingest_errors")
     with pytest.raises(SqlTimeout):
@@ -132,7 +132,7 @@ def test_sql_reuses_one_locked_connection_across_queries_and_failures(tmp_path):
             "ingest_errors d",
             timeout_s=0.2,
         )
-    assert session(store)._con is con
+    assert session(store)._connection() is con
     import duckdb
 
     with pytest.raises(duckdb.CatalogException):  # unregistered after each query

@@ -55,11 +55,27 @@ def check_device(device: str) -> None:
 
 def check_store_models(store: Store, records: dict[str, Any]) -> None:
     """One CLIP tagger and one robust model per store; a model name means one checkpoint."""
+    roles_of: dict[str, list[str]] = {}
+    for role, rec in records.items():
+        roles_of.setdefault(rec.name, []).append(role)
+    for name, roles in roles_of.items():
+        if len(roles) > 1:
+            flags = " and ".join(f"--{r}" for r in roles)
+            raise ConfigError(
+                f"{flags} name the same model '{name}'; a model has one role in a store",
+                hint="give each role its own checkpoint (or a copy under another file name)",
+            )
     if not store.has_table("models"):
         return
     have = store.read("models", ["name", "role", "checkpoint_sha256"]).to_pylist()
     for role, rec in records.items():
         for row in have:
+            if row["name"] == rec.name and row["role"] != role:
+                raise StoreError(
+                    f"model '{rec.name}' is already in {store.path} as the {row['role']} model, "
+                    f"not as {role}",
+                    hint="give this role its own checkpoint (or a copy under another file name)",
+                )
             if row["name"] == rec.name and row["checkpoint_sha256"] != rec.checkpoint_sha256:
                 raise StoreError(
                     f"model '{rec.name}' is already in {store.path} with another checkpoint",

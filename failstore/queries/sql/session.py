@@ -9,6 +9,8 @@ per ``Store`` object.
 
 from __future__ import annotations
 
+import math
+import threading
 import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -16,7 +18,7 @@ from typing import Any
 import pyarrow as pa
 
 from failstore import config, schemas
-from failstore.errors import InputError, SqlRefused, StoreError
+from failstore.errors import InputError, SqlError, SqlRefused, StoreError
 from failstore.queries.sql.engine import SqlEngine, locked_connection
 from failstore.queries.sql.guard import check_shape, guard, placeholder_names
 from failstore.queries.sql.stored import (
@@ -42,7 +44,8 @@ class SqlSession:
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        self._con: Any = None
+        self._con: Any = None  # the locked-down database connection
+        self._local = threading.local()  # one cursor of it per thread
 
     # ------------------------------------------------------------------ queries
     def stored_queries(self) -> dict[str, StoredQuery]:
@@ -63,8 +66,7 @@ class SqlSession:
         timeout_s: float = config.DEFAULT_SQL_TIMEOUT_S,
     ) -> pa.Table:
         """Run one read-only query; returns Arrow."""
-        if self._con is None:
-            self._con = locked_connection()
+        check_timeout(timeout_s)
         store = self.store
         names = store.table_names()
         engine = SqlEngine(
@@ -72,10 +74,21 @@ class SqlSession:
             schemas={n: store.schema(n) for n in names},
             stored=self.stored_queries(),
             timeout_s=timeout_s,
-            connection=self._con,
+            connection=self._connection(),
             missing_hint=_explain_missing,
         )
         return engine.execute(query, params=params, dialect=dialect)
+
+    def _connection(self) -> Any:
+        """This thread's cursor of the session's connection: DuckDB connections are not safe
+        to share between threads, cursors are (same database, same locked configuration)."""
+        with _CREATE:
+            if self._con is None:
+                self._con = locked_connection()
+        con = getattr(self._local, "con", None)
+        if con is None:
+            con = self._local.con = self._con.cursor()
+        return con
 
     # ------------------------------------------------------------------ saved queries
     def save_query(self, query: StoredQuery) -> None:
@@ -168,15 +181,29 @@ def _opener(store: Store, name: str) -> Callable[[], Any]:
     return lambda: store.dataset(name)
 
 
+_CREATE = threading.Lock()
+
+
+def check_timeout(timeout_s: float) -> None:
+    """A time limit is a positive, finite number of seconds (0, negative, nan and inf would
+    switch it off or break the timer)."""
+    if not (isinstance(timeout_s, (int, float)) and math.isfinite(timeout_s) and timeout_s > 0):
+        raise SqlError(
+            f"the time limit must be a positive number of seconds, got {timeout_s!r}",
+            hint="e.g. --timeout 30",
+        )
+
+
 _SESSIONS: weakref.WeakKeyDictionary[Store, SqlSession] = weakref.WeakKeyDictionary()
 
 
 def session(store: Store) -> SqlSession:
     """The store's SQL session (one per ``Store`` object, so its connection is reused)."""
-    found = _SESSIONS.get(store)
-    if found is None:
-        found = _SESSIONS[store] = SqlSession(store)
-    return found
+    with _CREATE:
+        found = _SESSIONS.get(store)
+        if found is None:
+            found = _SESSIONS[store] = SqlSession(store)
+        return found
 
 
 def run_sql(

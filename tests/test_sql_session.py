@@ -1,0 +1,57 @@
+"""The SQL session under threads, and the time limit's validation (issue 9)."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from planted_store import build
+
+from failstore.errors import SqlError
+from failstore.queries.sql.session import run_sql
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return build(tmp_path_factory.mktemp("session") / "s", n=600)
+
+
+def test_eight_threads_share_one_store(store):
+    queries = [
+        "SELECT count(*) AS n FROM images",
+        "SELECT label, count(*) AS n FROM samples GROUP BY label ORDER BY label",
+        "SELECT class, error_rate FROM class_error_rates ORDER BY class",
+    ]
+    want = [run_sql(store, q).to_pylist() for q in queries]
+
+    def work(i: int) -> list:
+        return [run_sql(store, queries[(i + k) % 3]).to_pylist() for k in range(12)]
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(work, range(8)))
+    for i, got in enumerate(results):
+        assert got == [want[(i + k) % 3] for k in range(12)]
+
+
+@pytest.mark.parametrize("bad", [0, -1, math.nan, math.inf])
+def test_the_time_limit_is_positive_and_finite(store, bad):
+    with pytest.raises(SqlError) as info:
+        run_sql(store, "SELECT 1 AS x", timeout_s=bad)
+    assert info.value.one_line() == (
+        f"the time limit must be a positive number of seconds, got {bad!r}; e.g. --timeout 30"
+    )
+
+
+@pytest.mark.parametrize("text", ["0", "-1", "nan", "inf"])
+def test_cli_timeout_errors_are_one_line(store, text):
+    r = subprocess.run(
+        [sys.executable, "-m", "failstore.cli.app", "--store", str(store.path), "sql",
+         "SELECT 1 AS x", "--timeout", text],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert r.returncode == 1
+    assert r.stderr.startswith("error: the time limit must be a positive number of seconds")
+    assert r.stderr.count("\n") == 1 and r.stdout == ""
