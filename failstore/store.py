@@ -48,6 +48,17 @@ def _locked(method: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def literal(value: str) -> str:
+    """A string as a quoted literal for Lance filters (and SQL): quotes doubled. Every filter
+    built from a name (model, class, split, run id) goes through this."""
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def equals(column: str, value: str) -> str:
+    """The Lance filter ``column = 'value'``, quoted safely."""
+    return f"{column} = {literal(value)}"
+
+
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -310,7 +321,7 @@ class Store:
     def model_names(self, role: str | None = None) -> list[str]:
         if not self.has_table("models"):
             return []
-        flt = f"role = '{role}'" if role else None
+        flt = equals("role", role) if role else None
         t = self.read("models", ["name", "registered_at"], filter=flt).sort_by("registered_at")
         return t.column("name").to_pylist()
 

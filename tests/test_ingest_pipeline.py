@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from conftest import COLOURS
 from fakes import FakeClip, FakeRobust, FakeTarget
 
 from failstore.errors import IngestError, InputError
@@ -217,3 +218,23 @@ def test_one_model_in_two_roles_is_refused_before_any_write(tmp_path, colour_fol
         "give this role its own checkpoint (or a copy under another file name)"
     )
     assert Store(tmp_path / "s").versions() == versions
+
+
+@pytest.mark.parametrize("target", ["o'brien", "x' OR '1'='1"])
+def test_quotes_in_model_class_and_split_names(tmp_path, colour_folder, fakes, target):
+    """Every filter built from a name is quoted (issue 9: `o'brien` broke the rerun, and
+    `x' OR '1'='1` reported 0 predictions and wrote none)."""
+    from failstore.queries.slices import Slices
+
+    m = tmp_path / "m.csv"
+    rows = [f"{colour_folder}/{c}/{i}.png,{c}'s,it's {i % 2}" for c in COLOURS for i in range(4)]
+    m.write_text("path,label,split\n" + "\n".join(rows) + "\n")
+    ingest(tmp_path / "s", _opts(m, target=target, robust=None, clip=None))
+    store = Store(tmp_path / "s")
+    assert store.count("predictions") == 12 and fakes[target].encoded == 12
+    ingest(tmp_path / "s", _opts(m, target=target, robust=None, clip=None))  # the rerun
+    assert store.count("predictions") == 12 and fakes[target].encoded == 12
+    got = run_sql(store, "SELECT DISTINCT model, split FROM samples ORDER BY split").to_pylist()
+    assert got == [{"model": target, "split": "it's 0"}, {"model": target, "split": "it's 1"}]
+    est = Slices(split="it's 0", model=target, tags_from=["split"], min_size=1).fit(store)
+    assert est.source_versions_ and est.results_.schema.names[0] == "class"

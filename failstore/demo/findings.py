@@ -16,6 +16,7 @@ from typing import Any
 import pyarrow as pa
 
 from failstore.demo.spec import ATTRIBUTES, PlantedSlice
+from failstore.store import equals, literal
 
 
 @dataclass
@@ -115,15 +116,14 @@ def find(
             )
             continue
         rank, r = best
-        tag_list = ", ".join("'" + t.replace("'", "''") + "'" for t in r["tags"])
+        tag_list = ", ".join(literal(t) for t in r["tags"])
+        label = equals("label", r["class"])
         if "=" in r["tags"][0]:
-            conds = " AND ".join(
-                f"{t.split('=', 1)[0]} = '{t.split('=', 1)[1]}'" for t in r["tags"]
-            )
-            sql = f"SELECT uri, prediction FROM samples WHERE label = '{r['class']}' AND {conds}"
+            conds = " AND ".join(equals(*t.split("=", 1)) for t in r["tags"])
+            sql = f"SELECT uri, prediction FROM samples WHERE {label} AND {conds}"
         else:
             sql = (
-                f"SELECT uri, prediction FROM samples WHERE label = '{r['class']}' "
+                f"SELECT uri, prediction FROM samples WHERE {label} "
                 f"AND list_has_all({tags_column_sql}, [{tag_list}])"
             )
         out.append(

@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 
 from failstore import config
-from failstore.store import Store
+from failstore.store import Store, equals
 
 Log = Callable[[str], None]
 DEFAULT_STORE = "failstore-demo"  # the default world; other worlds get a suffix
@@ -184,7 +184,7 @@ def _write_demo_tables(store: Store, metrics: dict[str, Any], log: Log) -> float
     )  # fmt: skip
     vocab = store.read("models", ["tags"], filter="role = 'clip'").column("tags")[0].as_py()
     cols = [a for a in ATTRIBUTES if a in store.schema("images").names]
-    data = store.read("images", ["tags", *cols], filter=f"split = '{HOLDOUT_SPLIT}'")
+    data = store.read("images", ["tags", *cols], filter=equals("split", HOLDOUT_SPLIT))
     tags_of = data.column("tags").to_pylist()
     pred = np.array([[t in (ts or []) for t in vocab] for ts in tags_of], dtype=bool)
     truth = np.zeros_like(pred)

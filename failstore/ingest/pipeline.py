@@ -29,7 +29,7 @@ from failstore.ingest.labels import load_label_map, map_labels, unknown_labels
 from failstore.ingest.options import IngestOptions
 from failstore.ingest.progress import progress_bar
 from failstore.models.protocol import ModelAdapter, Preprocess
-from failstore.store import Store, utcnow
+from failstore.store import Store, equals, literal, utcnow
 
 
 @dataclass
@@ -93,7 +93,7 @@ class _Known:
                 mask = t.column("robust_model").is_valid().to_numpy(zero_copy_only=False)
                 self.with_robust = {i for i, m in zip(ids, mask, strict=True) if m}
         if target and store.has_table("predictions"):
-            t = store.read("predictions", ["image_id"], filter=f"model = '{target}'")
+            t = store.read("predictions", ["image_id"], filter=equals("model", target))
             self.predicted = set(t.column("image_id").to_pylist())
 
 
@@ -367,7 +367,7 @@ class _Buffer:
         if gone:
             for u in gone:
                 del known.errors[u]
-            quoted = ", ".join("'" + u.replace("'", "''") + "'" for u in gone)
+            quoted = ", ".join(literal(u) for u in gone)
             store.delete("ingest_errors", f"uri IN ({quoted})")
         self.__init__()  # type: ignore[misc]
 

@@ -24,7 +24,7 @@ import pyarrow as pa
 
 from failstore.queries.framework.params import Param, check_params
 from failstore.schemas import ANALYSIS_RUNS_SCHEMA
-from failstore.store import Store, utcnow
+from failstore.store import Store, equals, utcnow
 
 # Every Analysis subclass with a name, by name (see registry.analyses() for the complete list).
 REGISTERED: dict[str, type[Analysis]] = {}
@@ -145,7 +145,7 @@ class Analysis:
         return self
 
     def _load(self, store: Store, run_id: str) -> pa.Table:
-        t = store.read(self.result_table, self.result_schema.names, filter=f"run_id = '{run_id}'")
+        t = store.read(self.result_table, self.result_schema.names, filter=equals("run_id", run_id))
         return conform(t, self.result_schema, type(self).__name__)
 
 
@@ -178,12 +178,12 @@ def has_run(store: Store, run_id: str, table: str) -> bool:
     """The run is recorded and its rows are there (or it had none)."""
     if not store.has_table("analysis_runs"):
         return False
-    runs = store.read("analysis_runs", ["rows"], filter=f"run_id = '{run_id}'")
+    runs = store.read("analysis_runs", ["rows"], filter=equals("run_id", run_id))
     if runs.num_rows == 0:
         return False
     if runs.column("rows")[0].as_py() == 0:
         return True
-    return store.has_table(table) and store.count(table, filter=f"run_id = '{run_id}'") > 0
+    return store.has_table(table) and store.count(table, filter=equals("run_id", run_id)) > 0
 
 
 def touch_run(store: Store, run_id: str) -> None:
@@ -213,8 +213,8 @@ def write_run(
     run_id = run_id or run_identity(analysis, params, versions)
     full = pa.schema([*schema, pa.field("run_id", pa.string(), nullable=False)])
     stamped = result.append_column("run_id", pa.array([run_id] * result.num_rows, pa.string()))
-    if store.has_table(result_table) and store.count(result_table, f"run_id = '{run_id}'"):
-        store.delete(result_table, f"run_id = '{run_id}'")  # a forced recompute of this run
+    if store.has_table(result_table) and store.count(result_table, equals("run_id", run_id)):
+        store.delete(result_table, equals("run_id", run_id))  # a forced recompute of this run
     if result.num_rows or not store.has_table(result_table):
         store.append(result_table, stamped, schema=full)
     now = utcnow()

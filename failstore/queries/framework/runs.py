@@ -15,21 +15,17 @@ import pyarrow.compute as pc
 
 from failstore.errors import StoreError
 from failstore.schemas import ANALYSIS_RUNS_SCHEMA
-from failstore.store import Store, utcnow
+from failstore.store import Store, literal, utcnow
 
 LISTED = ["run_id", "analysis", "result_table", "params", "source_versions", "rows", "seconds",
           "created_at", "used_at"]  # fmt: skip
-
-
-def _quote(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
 
 
 def list_runs(store: Store, analysis: str | None = None) -> pa.Table:
     """Runs, most recently used first; only ``analysis``'s when given."""
     if not store.has_table("analysis_runs"):
         return pa.schema([ANALYSIS_RUNS_SCHEMA.field(c) for c in LISTED]).empty_table()
-    flt = f"analysis = {_quote(analysis)}" if analysis else None
+    flt = f"analysis = {literal(analysis)}" if analysis else None
     runs = store.read("analysis_runs", LISTED, filter=flt)
     order = pc.sort_indices(runs, [("used_at", "descending"), ("run_id", "ascending")])
     return runs.take(order)
@@ -76,7 +72,7 @@ def drop_runs(
         by_table.setdefault(tables[r], []).append(r)
     for table, rs in sorted(by_table.items()):
         if store.has_table(table):
-            store.delete(table, f"run_id IN ({', '.join(_quote(r) for r in rs)})")
+            store.delete(table, f"run_id IN ({', '.join(literal(r) for r in rs)})")
     # The record goes last: a crash before it leaves a run that a refit recomputes.
-    store.delete("analysis_runs", f"run_id IN ({', '.join(_quote(r) for r in ids)})")
+    store.delete("analysis_runs", f"run_id IN ({', '.join(literal(r) for r in ids)})")
     return ids

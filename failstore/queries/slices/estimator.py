@@ -25,7 +25,7 @@ from failstore.queries.slices.search import (
     find_slices,
     slice_schema,
 )
-from failstore.store import Store
+from failstore.store import Store, equals
 
 GROUPINGS = ("label", "prediction")
 
@@ -220,12 +220,12 @@ def load_frame(
             raise ConfigError(f"images has no column '{col}'", hint=hint)
     flt = None
     if split is not None:
-        flt = "split = '" + split.replace("'", "''") + "'"
+        flt = equals("split", split)
     images = store.read("images", ["image_id", "label", *tag_cols], filter=flt)
     preds = store.read(
         "predictions",
         ["image_id", "prediction", "correct"],
-        filter="model = '" + model.replace("'", "''") + "'",
+        filter=equals("model", model),
     )
     if preds.num_rows == 0:
         known = ", ".join(store.model_names("target")) or "(none)"

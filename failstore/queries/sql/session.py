@@ -29,7 +29,7 @@ from failstore.queries.sql.stored import (
     check_literal,
     expand_templates,
 )
-from failstore.store import Store, utcnow
+from failstore.store import Store, equals, utcnow
 
 
 def _explain_missing(name: str) -> str | None:
@@ -123,7 +123,7 @@ class SqlSession:
                 f"no saved query '{name}'",
                 hint=f"saved queries: {', '.join(saved) or '(none)'}; built-ins cannot be dropped",
             )
-        self.store.delete("saved_queries", "name = '" + name.replace("'", "''") + "'")
+        self.store.delete("saved_queries", equals("name", name))
 
     def saved_query_names(self) -> list[str]:
         if not self.store.has_table("saved_queries"):
