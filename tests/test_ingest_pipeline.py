@@ -238,3 +238,29 @@ def test_quotes_in_model_class_and_split_names(tmp_path, colour_folder, fakes, t
     assert got == [{"model": target, "split": "it's 0"}, {"model": target, "split": "it's 1"}]
     est = Slices(split="it's 0", model=target, tags_from=["split"], min_size=1).fit(store)
     assert est.source_versions_ and est.results_.schema.names[0] == "class"
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"limit": -5}, "--limit must be >= 1, got -5; leave it out to ingest every image"),
+        ({"limit": 0}, "--limit must be >= 1, got 0; leave it out to ingest every image"),
+        ({"target": ""}, "--target is empty; give a model spec, or leave --target out"),
+        ({"clip": "  "}, "--clip is empty; give a model spec, or leave --clip out"),
+        ({"clip": None, "tag_threshold": 0.2},
+         "--tag-threshold applies to --clip, which is not given; add --clip MODEL or drop "
+         "--tag-threshold"),
+        ({"target": None, "layer": "fc"},
+         "--layer applies to --target, which is not given; add --target MODEL or drop --layer"),
+        ({"batch_size": 0}, "--batch-size must be >= 1, got 0"),
+    ],
+)  # fmt: skip
+def test_options_that_cannot_work_are_refused_before_any_write(
+    tmp_path, colour_folder, fakes, options, message
+):
+    from failstore.errors import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        ingest(tmp_path / "s", _opts(colour_folder, **options))
+    assert info.value.one_line() == message
+    assert not (tmp_path / "s").exists()

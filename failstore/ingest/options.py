@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from failstore import config
+from failstore.errors import ConfigError
 
 
 @dataclass
@@ -27,3 +28,35 @@ class IngestOptions:
     strict: bool = False
     limit: int | None = None
     commit_every: int = config.DEFAULT_COMMIT_EVERY
+
+
+# option -> the model option it only applies to
+_NEEDS = {
+    "tags": ("--tags", "clip"),
+    "tag_threshold": ("--tag-threshold", "clip"),
+    "layer": ("--layer", "target"),
+    "class_names": ("--class-names", "target"),
+    "robust_layer": ("--robust-layer", "robust"),
+}
+
+
+def check_options(opts: IngestOptions) -> None:
+    """Refuse option values that cannot do what they say, before anything is read or written."""
+    if opts.batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {opts.batch_size}")
+    if opts.limit is not None and opts.limit < 1:
+        raise ConfigError(
+            f"--limit must be >= 1, got {opts.limit}", hint="leave it out to ingest every image"
+        )
+    for role in ("target", "robust", "clip"):
+        spec = getattr(opts, role)
+        if spec is not None and not str(spec).strip():
+            raise ConfigError(
+                f"--{role} is empty", hint=f"give a model spec, or leave --{role} out"
+            )
+    for field_name, (flag, role) in _NEEDS.items():
+        if getattr(opts, field_name) is not None and not getattr(opts, role):
+            raise ConfigError(
+                f"{flag} applies to --{role}, which is not given",
+                hint=f"add --{role} MODEL or drop {flag}",
+            )

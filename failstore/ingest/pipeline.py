@@ -23,10 +23,10 @@ import numpy as np
 import pyarrow as pa
 
 from failstore import schemas
-from failstore.errors import ConfigError, IngestError
+from failstore.errors import IngestError
 from failstore.ingest import preflight, rows
 from failstore.ingest.labels import load_label_map, map_labels, unknown_labels
-from failstore.ingest.options import IngestOptions
+from failstore.ingest.options import IngestOptions, check_options
 from failstore.ingest.progress import progress_bar
 from failstore.models.protocol import ModelAdapter, Preprocess
 from failstore.store import Store, equals, literal, utcnow
@@ -108,8 +108,7 @@ def ingest(
     from failstore.ingest.sources import open_source
 
     warn = warn or (lambda msg: None)
-    if opts.batch_size < 1:
-        raise ConfigError(f"--batch-size must be >= 1, got {opts.batch_size}")
+    check_options(opts)
     source = open_source(opts.source, split=opts.split)
     items = list(source)
     if opts.limit is not None:
