@@ -62,8 +62,8 @@ def cases(draw):
     params = SliceParams(
         max_tags=draw(st.integers(1, 3)),
         min_size=draw(st.integers(1, 25)),
-        min_drop=draw(st.sampled_from([-0.1, 0.0, 0.05, 0.1, 0.2, 0.3])),
-        min_gain=draw(st.sampled_from([-0.05, 0.0, 0.05, 0.1, 0.2])),
+        min_drop=draw(st.sampled_from([0.0, 0.05, 0.1, 0.2, 0.3, 1.0])),
+        min_gain=draw(st.sampled_from([0.0, 0.05, 0.1, 0.2, 1.0])),
     )
     kwargs = {}
     if draw(st.booleans()):

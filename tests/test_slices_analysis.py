@@ -198,3 +198,36 @@ def test_every_analysis_result_table_is_a_reserved_name():
     for table in tables:
         with pytest.raises(SqlRefused, match=f"query name '{table}' is a table name"):
             make_user_query(table, "SELECT 1")
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"split": "vall"},
+         "split: no image has split 'vall'; did you mean 'val'? known: test, val"),
+        ({"eval_split": "nosuch"}, "eval_split: no image has split 'nosuch'; known: test, val"),
+        ({"classes": ["dgo"]},
+         "classes: no image has label 'dgo'; did you mean 'dog'? known: cat, dog"),
+        ({"tags_from": ["label"]}, "tags_from cannot use 'label'; slices are searched within each "
+         "class; give categorical metadata columns such as attr_background"),
+        ({"min_drop": 2.0}, "min_drop must be between 0 and 1, got 2.0"),
+        ({"min_gain": -1.0}, "min_gain must be between 0 and 1, got -1.0"),
+    ],
+)  # fmt: skip
+def test_names_and_values_that_match_nothing_are_refused(store, params, message):
+    runs = store.count("analysis_runs")
+    with pytest.raises(ConfigError) as info:
+        Slices(**params).fit(store)
+    assert info.value.one_line() == message
+    assert store.count("analysis_runs") == runs  # no run recorded
+
+
+def test_a_float_column_is_not_a_tag_source(tmp_path):
+    s = build(tmp_path / "f", n=200)
+    s.append("images", pa.table({"image_id": ["x" * 64], "uri": ["/x"], "score": [0.5]}))
+    with pytest.raises(ConfigError) as info:
+        Slices(tags_from=["score"]).fit(s)
+    assert info.value.one_line() == (
+        "tags_from column 'score' is double, not categorical; use columns of strings, booleans "
+        "or integers (bin a number into a text column first)"
+    )

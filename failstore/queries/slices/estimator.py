@@ -107,6 +107,11 @@ class Slices(Analysis):
 
     def _resolve(self, store: Store, params: dict[str, Any]) -> dict[str, Any]:
         params["model"] = params["model"] or _default_model(store)
+        for name in ("split", "eval_split"):
+            if params[name] is not None:
+                check_known(store, "split", [params[name]], name)
+        if self.classes:  # a view parameter, already checked: only its values are left
+            check_known(store, "label", list(self.classes), "classes")
         return params
 
     def fit(self, store: Store, *, reuse: bool = True) -> Slices:
@@ -207,8 +212,25 @@ def load_frame(
     """label, prediction, correct and tag columns of the images of one split (or all)."""
     if not store.has_table("images") or not store.has_table("predictions"):
         raise StoreError(f"{store.path} has no images/predictions", hint="run `failstore ingest`")
-    have = store.schema("images").names
+    schema = store.schema("images")
+    have = schema.names
     tag_cols = list(tags_from) if tags_from else ["tags"]
+    for col in tags_from or []:
+        if col in ("image_id", "uri", "label"):
+            raise ConfigError(
+                f"tags_from cannot use '{col}'", hint="slices are searched within each class; "
+                "give categorical metadata columns such as attr_background"
+            )  # fmt: skip
+        t = schema.field(col).type if col in have else None
+        if t is not None and not (
+            pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_boolean(t)
+            or pa.types.is_integer(t) or pa.types.is_dictionary(t)
+        ):  # fmt: skip
+            raise ConfigError(
+                f"tags_from column '{col}' is {t}, not categorical",
+                hint="use columns of strings, booleans or integers (bin a number into a "
+                "text column first)",
+            )
     for col in tag_cols:
         if col not in have:
             from difflib import get_close_matches
@@ -240,6 +262,22 @@ def load_frame(
     )
     order = pc.sort_indices(joined, sort_keys=[("image_id", "ascending")])
     return joined.take(order)
+
+
+def check_known(store: Store, column: str, wanted: Sequence[str], param: str) -> None:
+    """Every value of ``wanted`` occurs in ``images.column``; else one line with a guess."""
+    from difflib import get_close_matches
+
+    known = {v for v in pc.unique(store.read("images", [column]).column(column)).to_pylist() if v}
+    for value in wanted:
+        if value not in known:
+            close = get_close_matches(value, sorted(known), n=1)
+            hint = f"did you mean '{close[0]}'?" if close else ""
+            listed = ", ".join(sorted(known)[:12]) + (" ..." if len(known) > 12 else "")
+            raise ConfigError(
+                f"{param}: no image has {column} '{value}'",
+                hint=f"{hint} known: {listed}".strip(),
+            )
 
 
 def tag_matrix(

@@ -65,8 +65,15 @@ def slice_schema(with_eval: bool = False) -> pa.Schema:
 SEARCH_PARAMS: tuple[Param, ...] = (
     Param("max_tags", 3, "L: at most this many tags per slice.", kind=int, low=1, high=5),
     Param("min_size", 30, "s: at least this many images.", kind=int, low=1),
-    Param("min_drop", 0.2, "a: accuracy drop vs the class.", kind=float),
-    Param("min_gain", 0.1, "b: accuracy drop vs every subset with one tag less.", kind=float),
+    Param("min_drop", 0.2, "a: accuracy drop vs the class.", kind=float, low=0, high=1),
+    Param(
+        "min_gain",
+        0.1,
+        "b: accuracy drop vs every subset with one tag less.",
+        kind=float,
+        low=0,
+        high=1,
+    ),
 )
 
 
