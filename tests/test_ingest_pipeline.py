@@ -264,3 +264,24 @@ def test_options_that_cannot_work_are_refused_before_any_write(
         ingest(tmp_path / "s", _opts(colour_folder, **options))
     assert info.value.one_line() == message
     assert not (tmp_path / "s").exists()
+
+
+def test_ingest_errors_exists_from_the_first_ingest(tmp_path, colour_folder, fakes):
+    ingest(tmp_path / "s", _opts(colour_folder))
+    assert run_sql(
+        Store(tmp_path / "s"), "SELECT count(*) AS n FROM ingest_errors"
+    ).to_pylist() == [{"n": 0}]
+
+
+def test_a_label_map_that_is_not_utf8_is_one_line(tmp_path, colour_folder, fakes):
+    from failstore.errors import InputError
+
+    lm = tmp_path / "map.csv"
+    lm.write_bytes(b"red,r\xe9d\n")
+    with pytest.raises(InputError) as info:
+        ingest(tmp_path / "s", _opts(colour_folder, label_map=lm))
+    assert info.value.one_line() == (
+        f"label map {lm} is not UTF-8 text (byte 5); save it as UTF-8 (JSON object or CSV "
+        "'label,class')"
+    )
+    assert not (tmp_path / "s").exists()

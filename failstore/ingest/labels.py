@@ -16,7 +16,13 @@ def load_label_map(path: str | Path) -> dict[str, str]:
     p = Path(path)
     if not p.is_file():
         raise InputError(f"label map {p} does not exist", hint="pass a JSON or CSV file")
-    text = p.read_text(encoding="utf-8")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(
+            f"label map {p} is not UTF-8 text (byte {e.start})",
+            hint="save it as UTF-8 (JSON object or CSV 'label,class')",
+        ) from None
     if p.suffix.lower() == ".json":
         try:
             data = json.loads(text)

@@ -170,6 +170,11 @@ def ingest(
         if bar is not None:
             bar.close()
     report.seconds = time.perf_counter() - start
+    if not store.has_table("ingest_errors"):  # present, empty, from the first ingest on
+        store.append(
+            "ingest_errors", schemas.INGEST_ERRORS_SCHEMA.empty_table(),
+            schema=schemas.INGEST_ERRORS_SCHEMA,
+        )  # fmt: skip
     if report.ok == 0 and report.seen > 0:
         raise IngestError(
             f"nothing was ingested: all {report.seen} images failed to decode",
