@@ -212,3 +212,39 @@ def test_hostile_sql_through_the_installed_command(hostile_runs, case):
     r = subprocess.run(cmd, capture_output=True, text=True)
     assert (r.returncode, r.stdout, r.stderr) == (1, "", f"error: {case.message}\n")
     assert snapshot(path) == before
+
+
+def test_out_follows_the_file_extension(store, tmp_path):
+    for name in ("o.csv", "o.json"):
+        out = tmp_path / name
+        r = run("--store", str(store.path), "sql", "SELECT uri FROM ingest_errors ORDER BY uri",
+                "--out", str(out))  # fmt: skip
+        assert r.returncode == 0 and r.stdout == f"wrote 2 rows to {out}\n", r.stderr
+    assert (tmp_path / "o.csv").read_text() == "uri\n/a.png\n/b.png\n"
+    assert json.loads((tmp_path / "o.json").read_text()) == [{"uri": "/a.png"}, {"uri": "/b.png"}]
+    cases = {
+        "o.txt": f"error: --out {tmp_path / 'o.txt'}: unknown file type '.txt'; end the name "
+        "with .parquet, .csv or .json\n",
+        "missing/o.csv": f"error: --out {tmp_path / 'missing/o.csv'}: folder "
+        f"{tmp_path / 'missing'} does not exist; create it first\n",
+    }
+    for name, message in cases.items():
+        r = run("--store", str(store.path), "sql", "SELECT 1 AS x", "--out", str(tmp_path / name))
+        assert (r.returncode, r.stderr) == (1, message)
+    r = run("--store", str(store.path), "sql", "SELECT 1 AS x", "--out", str(tmp_path / "a.csv"),
+            "-f", "json")  # fmt: skip
+    assert (
+        r.stderr
+        == f"error: --out {tmp_path / 'a.csv'} is csv but --format is json; drop --format\n"
+    )
+    assert not (tmp_path / "a.csv").exists()
+
+
+def test_sql_from_stdin(store):
+    import os
+
+    cmd = [sys.executable, "-c", "from failstore.cli.app import main; main()",
+           "--store", str(store.path), "sql", "-", "-f", "json"]  # fmt: skip
+    r = subprocess.run(cmd, input="SELECT count(*) AS n\nFROM ingest_errors\n",
+                       capture_output=True, text=True, env=dict(os.environ))  # fmt: skip
+    assert (r.returncode, r.stdout) == (0, '[{"n": 2}]\n'), r.stderr

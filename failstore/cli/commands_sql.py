@@ -27,11 +27,16 @@ def parse_params(items: list[str] | None) -> dict[str, str]:
 
 def sql(
     ctx: typer.Context,
-    query: Annotated[str, typer.Argument(help="One read-only query (SELECT/WITH/UNION...).")],
+    query: Annotated[
+        str, typer.Argument(help="One read-only query (SELECT/WITH/UNION...); - reads stdin.")
+    ],
     fmt: FormatOpt = Format.table,
     out: Annotated[
         Path | None,
-        typer.Option("--out", help="Write the result to a Parquet file instead of printing it."),
+        typer.Option(
+            "--out",
+            help="Write the result to a file instead of printing it: .parquet, .csv or .json.",
+        ),
     ] = None,
     dialect: Annotated[
         str | None,
@@ -57,15 +62,53 @@ def sql(
     """
     from failstore.queries.sql.session import run_sql
 
+    if query == "-":
+        import sys
+
+        query = sys.stdin.read()
+    kind = out_kind(out, fmt) if out is not None else None
     store = state(ctx).open_store()
     table = run_sql(store, query, params=parse_params(param), dialect=dialect, timeout_s=timeout)
     if out is not None:
-        import pyarrow.parquet as pq
-
-        pq.write_table(table, out)
+        write_out(table, out, kind)
         typer.echo(f"wrote {table.num_rows} rows to {out}")
         return
     emit(table, fmt)
+
+
+OUT_KINDS = {".parquet": "parquet", ".csv": "csv", ".json": "json"}
+
+
+def out_kind(out: Path, fmt: Format) -> str:
+    """The file type --out asks for, checked before the query runs."""
+    kind = OUT_KINDS.get(out.suffix.lower())
+    if kind is None:
+        raise ConfigError(
+            f"--out {out}: unknown file type {out.suffix or '(no extension)'!r}",
+            hint="end the name with .parquet, .csv or .json",
+        )
+    if fmt is not Format.table and fmt.value != kind:
+        raise ConfigError(f"--out {out} is {kind} but --format is {fmt.value}; drop --format")
+    if not out.parent.is_dir():
+        raise ConfigError(
+            f"--out {out}: folder {out.parent} does not exist", hint="create it first"
+        )
+    return kind
+
+
+def write_out(table: object, out: Path, kind: str | None) -> None:
+    import pyarrow as pa
+
+    from failstore.cli.output import write_csv, write_json
+
+    assert isinstance(table, pa.Table)
+    if kind == "parquet":
+        import pyarrow.parquet as pq
+
+        pq.write_table(table, out)
+        return
+    with out.open("w", encoding="utf-8", newline="") as f:
+        (write_csv if kind == "csv" else write_json)(table, f)
 
 
 queries_app = typer.Typer(
