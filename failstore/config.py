@@ -14,6 +14,27 @@ DEFAULT_COMMIT_EVERY = 1024  # images per Lance commit during ingest
 DEFAULT_SQL_TIMEOUT_S = 120.0
 
 
+MAX_FILE_ENV = "FAILSTORE_MAX_FILE_MB"
+DEFAULT_MAX_FILE_MB = 512
+
+
+def max_file_bytes() -> int:
+    """The largest image (or mask) file ingest reads: ``$FAILSTORE_MAX_FILE_MB`` megabytes,
+    default 512."""
+    raw = os.environ.get(MAX_FILE_ENV)
+    if not raw:
+        return DEFAULT_MAX_FILE_MB * 1024 * 1024
+    try:
+        mb = float(raw)
+    except ValueError:
+        mb = -1.0
+    if not mb > 0:
+        from failstore.errors import ConfigError
+
+        raise ConfigError(f"{MAX_FILE_ENV}={raw!r} is not a positive number of megabytes")
+    return int(mb * 1024 * 1024)
+
+
 def store_path(option: str | Path | None = None) -> Path:
     """``--store`` wins, then ``$FAILSTORE_STORE``, then ``./failstore-store``."""
     if option:

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import re
+import stat
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -23,6 +25,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from failstore import config
 from failstore.errors import ConfigError
 from failstore.ingest.sources import SourceItem
 from failstore.models.protocol import Preprocess
@@ -76,19 +79,50 @@ def _effective_limit(max_pixels: int) -> int:
     return max_pixels if pil is None else min(max_pixels, int(pil))
 
 
-def _read(path: str) -> bytes:
+def _read(path: str, max_bytes: int | None = None) -> bytes:
+    """The bytes of a regular file of at most ``max_bytes`` (default ``config.max_file_bytes()``).
+    FIFOs, devices and sockets are refused without blocking (a FIFO is opened non-blocking and
+    checked with fstat, so a named pipe called x.jpg cannot hang the ingest, and a link to
+    /dev/zero cannot fill the memory)."""
+    limit = config.max_file_bytes() if max_bytes is None else max_bytes
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except FileNotFoundError:
         raise BadImage("file not found") from None
     except IsADirectoryError:
         raise BadImage("not a file (it is a directory)") from None
     except OSError as e:
         raise BadImage(f"cannot read file: {e.strerror or e}") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise BadImage("not a file (it is a directory)")
+        raise BadImage(f"not a regular file (a {_kind(st.st_mode)}); only image files are read")
+    if st.st_size > limit:
+        os.close(fd)
+        raise BadImage(
+            f"file is {st.st_size} bytes, more than the limit {limit} "
+            f"(raise it with {config.MAX_FILE_ENV}=MEGABYTES)"
+        )
+    with os.fdopen(fd, "rb") as f:
+        try:
+            data = f.read(limit + 1)
+        except OSError as e:
+            raise BadImage(f"cannot read file: {e.strerror or e}") from None
+    if len(data) > limit:
+        raise BadImage(f"file grew past the limit {limit} bytes while being read")
     if not data:
         raise BadImage("file is empty (0 bytes)")
     return data
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "FIFO"), (stat.S_ISCHR, "character device"),
+                       (stat.S_ISBLK, "block device"), (stat.S_ISSOCK, "socket")):  # fmt: skip
+        if test(mode):
+            return name
+    return "special file"
 
 
 def _bomb(pixels: int, limit: int) -> BadImage:
@@ -266,6 +300,8 @@ def decode_one(
     check_preprocesses(preprocesses)
     out = Decoded(item=item, image_id=None)
     try:
+        if item.error:
+            raise BadImage(item.error)
         data = _read(item.uri)
         out.image_id = hashlib.sha256(data).hexdigest()
         im, bits = _load(data, max_pixels)
@@ -287,6 +323,8 @@ def hash_only(item: SourceItem, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Deco
     applied); no pixel decoding, so truncated pixel data is not detected here."""
     out = Decoded(item=item, image_id=None)
     try:
+        if item.error:
+            raise BadImage(item.error)
         data = _read(item.uri)
         out.image_id = hashlib.sha256(data).hexdigest()
         im = _open(data, max_pixels)

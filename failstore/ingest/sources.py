@@ -13,7 +13,7 @@ import json
 import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -44,6 +44,7 @@ class SourceItem:
     mask_path: str | None
     metadata: Mapping[str, Any] = field(default_factory=dict)
     row: int | None = None  # 1-based manifest data row; None for folders
+    error: str | None = None  # known unreadable before decoding (e.g. a non-UTF-8 file name)
 
 
 class Source(Protocol):
@@ -123,7 +124,9 @@ class ImageFolder(_ListSource):
                 self._skip_loose(self.root / split_name)
             for class_dir in class_dirs:
                 for file in self._walk(class_dir):
-                    items.append(SourceItem(file, class_dir.name, split_name or split, None, None))
+                    uri, error = _storable(file)
+                    item = SourceItem(uri, class_dir.name, split_name or split, None, None)
+                    items.append(replace(item, error=error) if error else item)
         if not tops or not any(classes for _, classes in groups):
             raise InputError(f"image folder {self.root} has no class sub-folders; {_LAYOUT}")
         if not items:
@@ -149,6 +152,17 @@ class ImageFolder(_ListSource):
                 full = os.path.join(dirpath, name)
                 (found if _is_image(name) else self.skipped).append(full)
         return found
+
+
+def _storable(path: str) -> tuple[str, str | None]:
+    """A path the store can hold (UTF-8 text). A name with bytes that are not UTF-8 (Python
+    holds them as lone surrogates) gets an escaped URI and an error for ``ingest_errors``."""
+    try:
+        path.encode("utf-8")
+        return path, None
+    except UnicodeEncodeError:
+        escaped = os.fsencode(path).decode("utf-8", "backslashreplace")
+        return escaped, "file name is not valid UTF-8; rename the file (e.g. with convmv)"
 
 
 # --------------------------------------------------------------------------- manifests
