@@ -248,3 +248,27 @@ def test_sql_from_stdin(store):
     r = subprocess.run(cmd, input="SELECT count(*) AS n\nFROM ingest_errors\n",
                        capture_output=True, text=True, env=dict(os.environ))  # fmt: skip
     assert (r.returncode, r.stdout) == (0, '[{"n": 2}]\n'), r.stderr
+
+
+def test_saved_query_names_ignore_case_and_overwriting_needs_replace(store):
+    s = str(store.path)
+    assert run("--store", s, "queries", "save", "casey", "SELECT 1 AS x").returncode == 0
+    r = run("--store", s, "queries", "save", "CASEY", "SELECT 2 AS x")
+    assert (r.returncode, r.stderr) == (
+        1, "error: a saved query 'casey' exists; pass --replace to overwrite it, or choose "
+        "another name\n",
+    )  # fmt: skip
+    r = run("--store", s, "queries", "save", "CASEY", "SELECT 2 AS x", "--replace")
+    assert (r.returncode, r.stdout) == (0, "saved query 'CASEY'\n"), r.stderr
+    assert store.read("saved_queries", ["name"]).column("name").to_pylist() == ["CASEY"]
+    got = run("--store", s, "sql", "SELECT x FROM casey", "-f", "json").stdout
+    assert json.loads(got) == [{"x": 2}]
+
+
+def test_at_names_get_a_parameter_hint(store):
+    r = run("--store", str(store.path), "sql", "SELECT uri FROM ingest_errors WHERE reason = @why")
+    assert r.returncode == 1
+    assert r.stderr == (
+        "error: unknown column 'why': @why is the absolute value of a column in DuckDB; "
+        "write $why for a parameter and give it with --param why=VALUE\n"
+    )

@@ -174,6 +174,9 @@ def save_query(
             "--param", help="NAME=DEFAULT (a SQL literal) for a $NAME placeholder; repeatable."
         ),
     ] = None,
+    replace: Annotated[
+        bool, typer.Option("--replace", help="Overwrite a saved query of the same name.")
+    ] = False,
 ) -> None:
     """Save a query in the store; it can then be used as a table in SQL.
 
@@ -183,7 +186,7 @@ def save_query(
 
     store = state(ctx).open_store()
     q = make_user_query(name, query, description, parse_params(param))
-    session(store).save_query(q)
+    session(store).save_query(q, replace=replace)
     typer.echo(f"saved query '{name}'")
 
 

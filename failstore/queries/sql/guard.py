@@ -388,10 +388,26 @@ def guard_query(
             f"this query takes: {', '.join(takes) if takes else 'no parameters'}"
         )
     tree = _attach_ctes(tree, expander.ctes)
-    _check_columns(tree, tables)
+    try:
+        _check_columns(tree, tables)
+    except SqlRefused as e:
+        raise _at_parameter_hint(e, sql) from e.__cause__
     with _quiet_sqlglot():
         text = tree.sql(dialect="duckdb", comments=False)
     return GuardedQuery(text, frozenset(expander.used_tables))
+
+
+def _at_parameter_hint(error: SqlRefused, sql: str) -> SqlRefused:
+    """``@name`` is DuckDB's absolute value, but people write it for a parameter (T-SQL,
+    MySQL): when it names an unknown column, say how parameters are written here."""
+    m = re.match(r"unknown column '([^']+)'", error.message)
+    if m and re.search(rf"(?<![\w@])@{re.escape(m.group(1))}\b", sql):
+        name = m.group(1)
+        return SqlRefused(
+            f"unknown column {name!r}: @{name} is the absolute value of a column in DuckDB",
+            hint=f"write ${name} for a parameter and give it with --param {name}=VALUE",
+        )
+    return error
 
 
 def guard(sql: str, **options: Any) -> str:

@@ -91,14 +91,25 @@ class SqlSession:
         return con
 
     # ------------------------------------------------------------------ saved queries
-    def save_query(self, query: StoredQuery) -> None:
-        """Save (or replace) a user query, after checking it against this store."""
+    def save_query(self, query: StoredQuery, *, replace: bool = False) -> None:
+        """Save a user query, after checking it against this store. Names are compared without
+        case (SQL resolves them so); an existing saved query is replaced only with ``replace``."""
         store = self.store
         names = store.table_names()
         if query.name.lower() in {n.lower() for n in names}:
             raise SqlRefused(f"query name {query.name!r} is a table name; choose another name")
+        saved = {n.lower(): n for n in self.saved_query_names()}
+        same = saved.get(query.name.lower())
+        if same is not None and not replace:
+            raise SqlRefused(
+                f"a saved query {same!r} exists",
+                hint="pass --replace to overwrite it, or choose another name",
+            )
         stored = self.stored_queries()
-        stored.pop(query.name, None)
+        if same is not None:
+            stored.pop(same, None)
+            if same != query.name:
+                store.delete("saved_queries", equals("name", same))
         placeholders = {p.name: p.default or "NULL" for p in query.parameters}
         # Refuse before writing: the query must pass the guard against this store.
         guard(
