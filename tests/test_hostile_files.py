@@ -8,6 +8,8 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
+from pathlib import Path
 
 import pytest
 from conftest import write_colour_folder
@@ -62,3 +64,56 @@ def test_special_files_and_bad_names_are_rows_not_failures(tmp_path):
          "reason": "not a regular file (a FIFO); only image files are read"},
     ]  # fmt: skip
     assert s.count("images") == 6 and s.count("predictions") == 6
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat_file.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat_file.parent.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"  # a zombie waiting for its new parent to reap it has exited
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+def test_decode_workers_exit_when_the_ingest_is_killed(tmp_path):
+    root = write_colour_folder(tmp_path / "images", per_class=400, size=(160, 120))
+    (tmp_path / "fs_hostile_factory.py").write_text(FACTORY)
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "failstore.cli.app", "--store", str(tmp_path / "s"), "ingest",
+         str(root), "--target", "fs_hostile_factory:make", "--workers", "2", "--no-progress"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    workers: list[int] = []
+    while time.monotonic() < deadline and len(workers) < 2 and proc.poll() is None:
+        time.sleep(0.2)
+        workers = [c for c in _children(proc.pid) if "spawn_main" in _cmdline(c)]
+    assert len(workers) >= 2, "the decode workers did not start"
+    # multiprocessing's resource tracker goes too once the workers' pipes close
+    workers += [c for c in _children(proc.pid) if "resource_tracker" in _cmdline(c)]
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and any(_alive(w) for w in workers):
+        time.sleep(0.2)
+    assert not [w for w in workers if _alive(w)]
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""

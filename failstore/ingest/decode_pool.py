@@ -4,6 +4,7 @@ docs/ingest-sources.md."""
 
 from __future__ import annotations
 
+import os
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
@@ -25,9 +26,25 @@ from failstore.ingest.sources import SourceItem
 from failstore.models.protocol import Preprocess
 
 
-def _worker_init(pil_limit: int | None) -> None:
+def _worker_init(pil_limit: int | None, parent: int | None = None) -> None:
     Image.MAX_IMAGE_PIXELS = pil_limit
     ImageFile.LOAD_TRUNCATED_IMAGES = False
+    if parent is not None:
+        _exit_with_parent(parent)
+
+
+def _exit_with_parent(parent: int, every_s: float = 0.5) -> None:
+    """A worker whose ingest was killed (kill -9 leaves no chance to stop the pool) exits within
+    ``every_s``: a daemon thread watches for the worker being re-parented."""
+    import os
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(every_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="failstore-parent-watch", daemon=True).start()
 
 
 def _ping() -> bool:
@@ -88,7 +105,7 @@ class DecodePool:
                 max_workers=self.workers,
                 mp_context=multiprocessing.get_context("spawn"),
                 initializer=_worker_init,
-                initargs=(Image.MAX_IMAGE_PIXELS,),
+                initargs=(Image.MAX_IMAGE_PIXELS, os.getpid()),
             )
             self._check_started(self._executor)
         return self._executor
