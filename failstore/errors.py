@@ -55,5 +55,9 @@ class SqlTimeout(SqlError):
     """A query ran past the time limit."""
 
 
+class SqlTooLarge(SqlError):
+    """A query result past the row or byte cap."""
+
+
 class IngestError(FailstoreError):
     """An ingest that cannot proceed (nothing ingested, or --strict and some images failed)."""

@@ -55,3 +55,41 @@ def test_cli_timeout_errors_are_one_line(store, text):
     assert r.returncode == 1
     assert r.stderr.startswith("error: the time limit must be a positive number of seconds")
     assert r.stderr.count("\n") == 1 and r.stdout == ""
+
+
+def test_a_result_past_the_row_cap_stops_early(store, monkeypatch):
+    from failstore.errors import SqlTooLarge
+    from failstore.queries.sql.session import SqlSession
+
+    monkeypatch.setenv("FAILSTORE_SQL_MAX_ROWS", "1000000")
+    own = SqlSession(store)  # a session of its own: caps are read when it runs
+    with pytest.raises(SqlTooLarge) as info:
+        own.execute("SELECT * FROM range(1000000000)")
+    assert info.value.one_line() == (
+        "the result has more than 1,000,000 rows or 2,048 MiB; aggregate it, add WHERE or "
+        "LIMIT, or raise the limit (FAILSTORE_SQL_MAX_ROWS / FAILSTORE_SQL_MAX_MB)"
+    )
+    # the connection is usable right after (the result was closed)
+    assert own.execute("SELECT count(*) AS n FROM images").to_pylist() == [{"n": 600}]
+    assert own.execute("SELECT * FROM range(1000000)").num_rows == 1_000_000
+
+
+def test_duckdb_memory_limit_is_set(store, monkeypatch):
+    from failstore.queries.sql.session import SqlSession
+
+    monkeypatch.setenv("FAILSTORE_SQL_MEMORY", "512")
+    con = SqlSession(store)._connection()
+    assert con.sql("SELECT current_setting('memory_limit')").fetchall() == [("488.2 MiB",)]
+
+
+def test_cli_row_cap_is_one_line(store):
+    import os
+
+    r = subprocess.run(
+        [sys.executable, "-m", "failstore.cli.app", "--store", str(store.path), "sql",
+         "SELECT * FROM range(100000000)"],
+        capture_output=True, text=True, env={**os.environ, "FAILSTORE_SQL_MAX_ROWS": "10"},
+    )  # fmt: skip
+    assert r.returncode == 1 and r.stdout == ""
+    assert r.stderr.startswith("error: the result has more than 10 rows")
+    assert r.stderr.count("\n") == 1

@@ -17,9 +17,11 @@ import duckdb
 import pyarrow as pa
 
 from failstore import config
-from failstore.errors import SqlError, SqlRefused, SqlTimeout
+from failstore.errors import SqlError, SqlRefused, SqlTimeout, SqlTooLarge
 from failstore.queries.sql.guard import GuardedQuery, guard_query
 from failstore.queries.sql.stored import StoredQuery
+
+RESULT_BATCH_ROWS = 1 << 20
 
 DUCKDB_CONFIG = {
     "enable_external_access": False,
@@ -39,7 +41,7 @@ def duckdb_message(error: BaseException) -> str:
 
 def locked_connection() -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection without external access, its configuration locked."""
-    con = duckdb.connect(config=dict(DUCKDB_CONFIG))
+    con = duckdb.connect(config={**DUCKDB_CONFIG, "memory_limit": config.sql_memory_limit()})
     con.execute("SET lock_configuration = true")
     return con
 
@@ -55,6 +57,8 @@ class SqlEngine:
         timeout_s: float = config.DEFAULT_SQL_TIMEOUT_S,
         connection: duckdb.DuckDBPyConnection | None = None,
         missing_hint: Callable[[str], str | None] | None = None,
+        max_rows: int | None = None,
+        max_bytes: int | None = None,
     ) -> None:
         """``connection``: a locked-down connection from ``locked_connection()`` to reuse (a
         fresh one per query costs ~50 ms); tables are unregistered after every query.
@@ -65,6 +69,8 @@ class SqlEngine:
         self.timeout_s = timeout_s
         self.connection = connection
         self.missing_hint = missing_hint
+        self.max_rows = config.sql_max_rows() if max_rows is None else max_rows
+        self.max_bytes = config.sql_max_bytes() if max_bytes is None else max_bytes
 
     def guard(
         self, sql: str, *, params: Mapping[str, str] | None = None, dialect: str | None = None
@@ -107,6 +113,26 @@ class SqlEngine:
             missing_hint=self.missing_hint,
         )
 
+    def _collect(self, reader: pa.RecordBatchReader) -> pa.Table:
+        """The result, batch by batch, refused once it passes the row or byte cap (so a
+        ``SELECT * FROM range(1000000000)`` stops early instead of filling the memory)."""
+        batches, rows, size = [], 0, 0
+        try:
+            for batch in reader:
+                rows += batch.num_rows
+                size += batch.nbytes
+                if rows > self.max_rows or size > self.max_bytes:
+                    raise SqlTooLarge(
+                        f"the result has more than {self.max_rows:,} rows or "
+                        f"{self.max_bytes / 2**20:,.0f} MiB",
+                        hint="aggregate it, add WHERE or LIMIT, or raise the limit "
+                        f"({config.SQL_MAX_ROWS_ENV} / {config.SQL_MAX_MB_ENV})",
+                    )
+                batches.append(batch)
+        finally:
+            reader.close()
+        return pa.Table.from_batches(batches, schema=reader.schema)
+
     def _run(self, con: duckdb.DuckDBPyConnection, sql: str) -> pa.Table:
         timed_out = threading.Event()
 
@@ -118,7 +144,7 @@ class SqlEngine:
         timer.daemon = True
         timer.start()
         try:
-            return con.sql(sql).to_arrow_table()
+            return self._collect(con.sql(sql).to_arrow_reader(RESULT_BATCH_ROWS))
         except duckdb.Error as e:
             if timed_out.is_set() or isinstance(e, duckdb.InterruptException):
                 raise SqlTimeout(
