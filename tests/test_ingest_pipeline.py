@@ -285,3 +285,24 @@ def test_a_label_map_that_is_not_utf8_is_one_line(tmp_path, colour_folder, fakes
         "'label,class')"
     )
     assert not (tmp_path / "s").exists()
+
+
+def test_a_metadata_type_conflict_is_refused_before_any_write(tmp_path, colour_folder, fakes):
+    from failstore.errors import StoreError
+
+    first = tmp_path / "a.csv"
+    first.write_text(f"path,label,site\n{colour_folder}/red/0.png,red,1\n")
+    ingest(tmp_path / "s", _opts(first))
+    second = tmp_path / "b.csv"
+    second.write_text(f"path,label,site\n{colour_folder}/red/1.png,red,north\n")
+    store = Store(tmp_path / "s")
+    versions = store.versions()
+    with pytest.raises(StoreError) as info:
+        ingest(tmp_path / "s", _opts(second, target="t2"))  # a new model row would be written
+    have = store.schema("images").field("site").type
+    assert info.value.one_line() == (
+        f"manifest column 'site' is string here but {have} in {tmp_path / 's'}; write 'site' "
+        f"as {have} in the manifest (or rename the column), or use a new --store"
+    )
+    assert store.versions() == versions
+    assert "t2" not in store.model_names()

@@ -130,9 +130,6 @@ def ingest(
 
     store = Store.init(store_path)
     preflight.check_store_models(store, records)
-    now = utcnow()
-    preflight.register_models(store, records, label_map, now)
-
     clip, robust = adapters.get("clip"), adapters.get("robust")
     model_fields: list[pa.Field] = []
     if clip:
@@ -140,6 +137,10 @@ def ingest(
         model_fields += schemas.clip_fields(int(rec.embedding_dim or 0), len(rec.tags or []))
     if robust:
         model_fields += schemas.robust_fields(int(records["robust"].embedding_dim or 0))
+    preflight.check_image_columns(store, source.metadata_schema, model_fields)
+    now = utcnow()
+    preflight.register_models(store, records, label_map, now)
+
     image_schema = pa.schema(
         schemas.IMAGE_BASE_FIELDS + list(source.metadata_schema) + model_fields
     )
