@@ -75,3 +75,34 @@ def test_every_result_column_is_in_the_analysis_page(name):
 @pytest.mark.parametrize("query", sorted(builtin_queries()))
 def test_every_stored_query_is_documented(query):
     assert f"`{query}`" in ALL_TEXT, f"stored query `{query}` appears in no doc"
+
+
+# Options named in text that are not failstore's: pip's, the benchmarks' scripts', help text.
+NOT_OURS = {"--no-deps", "--classes", "--images", "--rows", "--help", "--name-with-dashes", "--no-"}
+
+
+def _cli_options() -> set[str]:
+    found: set[str] = set()
+
+    def walk(command: object) -> None:
+        for p in getattr(command, "params", []):
+            found.update(getattr(p, "opts", []))
+            found.update(getattr(p, "secondary_opts", []))
+        for sub in getattr(command, "commands", {}).values():
+            walk(sub)
+
+    walk(typer.main.get_command(app))
+    return found
+
+
+def test_every_option_named_in_messages_and_docs_exists():
+    texts = [p for p in (ROOT / "failstore").rglob("*.py")] + sorted(DOCS.glob("*.md"))
+    texts.append(ROOT / "README.md")
+    known = _cli_options() | NOT_OURS
+    missing: dict[str, list[str]] = {}
+    for path in texts:
+        for m in re.finditer(r"(?<![\w-])(--[a-z][a-z0-9-]*)", path.read_text(encoding="utf-8")):
+            if m.group(1) not in known:
+                missing.setdefault(m.group(1), []).append(path.name)
+    assert not missing, f"options named but not defined: {missing}"
+    assert {"--path-column", "--label-column", "--tags-from", "--older-than"} <= known

@@ -306,3 +306,11 @@ def test_a_metadata_type_conflict_is_refused_before_any_write(tmp_path, colour_f
     )
     assert store.versions() == versions
     assert "t2" not in store.model_names()
+
+
+def test_manifest_columns_can_be_named(tmp_path, colour_folder, fakes):
+    m = tmp_path / "m.csv"
+    m.write_text(f"file,cls\n{colour_folder}/red/0.png,red\n{colour_folder}/green/0.png,green\n")
+    ingest(tmp_path / "s", _opts(m, path_column="file", label_column="cls"))
+    got = run_sql(Store(tmp_path / "s"), "SELECT label FROM images ORDER BY label")
+    assert got.to_pylist() == [{"label": "green"}, {"label": "red"}]

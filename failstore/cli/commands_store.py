@@ -102,6 +102,12 @@ def ingest(
         ),
     ] = None,
     split: Annotated[str | None, typer.Option(help="Split name for sources without one.")] = None,
+    path_column: Annotated[
+        str, typer.Option(help="Manifests: the column holding the image paths.")
+    ] = "path",
+    label_column: Annotated[
+        str, typer.Option(help="Manifests: the column holding the labels.")
+    ] = "label",
     batch_size: Annotated[
         int, typer.Option(help="Images per forward pass.")
     ] = config.DEFAULT_BATCH_SIZE,
@@ -137,6 +143,8 @@ def ingest(
         class_names=class_names,
         label_map=label_map,
         split=split,
+        path_column=path_column,
+        label_column=label_column,
         batch_size=batch_size,
         workers=config.default_workers() if workers is None else workers,
         device=device,

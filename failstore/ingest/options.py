@@ -22,6 +22,8 @@ class IngestOptions:
     class_names: str | Path | None = None
     label_map: str | Path | None = None
     split: str | None = None
+    path_column: str = "path"  # manifests: the column with the image paths
+    label_column: str = "label"  # manifests: the column with the labels
     batch_size: int = config.DEFAULT_BATCH_SIZE
     workers: int = field(default_factory=config.default_workers)
     device: str = "cpu"

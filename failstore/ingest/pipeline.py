@@ -109,7 +109,12 @@ def ingest(
 
     warn = warn or (lambda msg: None)
     check_options(opts)
-    source = open_source(opts.source, split=opts.split)
+    source = open_source(
+        opts.source,
+        split=opts.split,
+        path_column=opts.path_column,
+        label_column=opts.label_column,
+    )
     items = list(source)
     if opts.limit is not None:
         items = items[: opts.limit]
