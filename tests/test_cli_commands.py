@@ -272,3 +272,18 @@ def test_at_names_get_a_parameter_hint(store):
         "error: unknown column 'why': @why is the absolute value of a column in DuckDB; "
         "write $why for a parameter and give it with --param why=VALUE\n"
     )
+
+
+def test_schema_lists_columns_and_sql_types(store):
+    r = run("--store", str(store.path), "schema", "ingest_errors", "-f", "json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == [
+        {"table": "ingest_errors", "column": "uri", "type": "VARCHAR", "nullable": False},
+        {"table": "ingest_errors", "column": "reason", "type": "VARCHAR", "nullable": True},
+        {"table": "ingest_errors", "column": "time", "type": "TIMESTAMPTZ", "nullable": True},
+    ]
+    bad = run("--store", str(store.path), "schema", "ingest_error")
+    assert (bad.returncode, bad.stderr) == (
+        1, f"error: no table 'ingest_error' in {store.path}; did you mean 'ingest_errors'? "
+        "tables: ingest_errors\n",
+    )  # fmt: skip

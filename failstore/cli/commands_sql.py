@@ -111,6 +111,42 @@ def write_out(table: object, out: Path, kind: str | None) -> None:
         (write_csv if kind == "csv" else write_json)(table, f)
 
 
+def schema(
+    ctx: typer.Context,
+    table: Annotated[str | None, typer.Argument(help="Only this table (default: all).")] = None,
+    fmt: FormatOpt = Format.table,
+) -> None:
+    """Show the columns and SQL types of the store's tables.
+
+    Example: failstore schema images
+    """
+    import difflib
+
+    import pyarrow as pa
+
+    from failstore.errors import StoreError
+    from failstore.queries.sql.stored import sql_type
+
+    store = state(ctx).open_store()
+    names = store.table_names()
+    if table is not None and table not in names:
+        close = difflib.get_close_matches(table, names, n=1)
+        guess = f"did you mean '{close[0]}'? " if close else ""
+        raise StoreError(
+            f"no table '{table}' in {store.path}", hint=f"{guess}tables: {', '.join(names)}"
+        )
+    rows = [
+        {"table": name, "column": f.name, "type": sql_type(f.type), "nullable": f.nullable}
+        for name in ([table] if table else names)
+        for f in store.schema(name)
+    ]
+    schema_ = pa.schema(
+        [("table", pa.string()), ("column", pa.string()), ("type", pa.string()),
+         ("nullable", pa.bool_())]
+    )  # fmt: skip
+    emit(pa.Table.from_pylist(rows, schema=schema_), fmt)
+
+
 queries_app = typer.Typer(
     help="Stored queries: built-ins shipped with failstore and queries saved in the store.",
     no_args_is_help=True,
@@ -204,4 +240,5 @@ def drop_query(ctx: typer.Context, name: str) -> None:
 
 def register(app: typer.Typer) -> None:
     app.command("sql")(sql)
+    app.command("schema")(schema)
     app.add_typer(queries_app, name="queries")
