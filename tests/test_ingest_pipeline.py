@@ -314,3 +314,18 @@ def test_manifest_columns_can_be_named(tmp_path, colour_folder, fakes):
     ingest(tmp_path / "s", _opts(m, path_column="file", label_column="cls"))
     got = run_sql(Store(tmp_path / "s"), "SELECT label FROM images ORDER BY label")
     assert got.to_pylist() == [{"label": "green"}, {"label": "red"}]
+
+
+def test_adding_models_later_commits_once_per_flush_not_per_batch(tmp_path, fakes):
+    from conftest import write_colour_folder
+
+    root = write_colour_folder(tmp_path / "img", per_class=20)  # 60 images, batches of 5
+    ingest(tmp_path / "s", _opts(root, robust=None, clip=None, commit_every=1000))
+    before = Store(tmp_path / "s").version("images")
+    ingest(tmp_path / "s", _opts(root, commit_every=1000))  # adds robust and CLIP columns
+    store = Store(tmp_path / "s")
+    # one commit adding the new columns, then one merge per model (was one per 5-image batch)
+    assert store.version("images") - before == 3
+    got = run_sql(store, "SELECT count(*) AS n FROM images WHERE robust_model IS NOT NULL "
+                         "AND clip_model IS NOT NULL")  # fmt: skip
+    assert got.to_pylist() == [{"n": 60}]

@@ -359,8 +359,11 @@ class _Buffer:
         if self.new_images:
             data = pa.concat_tables(self.new_images)
             store.upsert("images", data.cast(_project(image_schema, data)), schema=image_schema)
-        for upd in self.image_updates:
-            store.upsert("images", upd, insert=False)
+        by_columns: dict[tuple[str, ...], list[pa.Table]] = {}
+        for upd in self.image_updates:  # one merge per set of columns, not per batch
+            by_columns.setdefault(tuple(upd.column_names), []).append(upd)
+        for tables in by_columns.values():
+            store.upsert("images", pa.concat_tables(tables), insert=False)
         if self.predictions:
             store.upsert(
                 "predictions", pa.concat_tables(self.predictions), schema=schemas.PREDICTIONS_SCHEMA
