@@ -19,7 +19,6 @@ from fractions import Fraction
 
 import numpy as np
 import pyarrow as pa
-from scipy.stats import fisher_exact
 
 from failstore.errors import InputError
 from failstore.queries.framework.params import Param, check_params
@@ -356,6 +355,8 @@ def brute_force_slices(
     class_name: str = "",
 ) -> pa.Table:
     """The plain oracle: every combination with itertools, no pruning, scipy per set."""
+    from scipy.stats import fisher_exact  # scipy.stats takes ~0.6 s to import: only when used
+
     names, group, ev = _prepare(tags, correct, tag_names, eval_tags, eval_correct)
     if group.size == 0 or len(names) == 0:
         return slice_schema(ev is not None).empty_table()

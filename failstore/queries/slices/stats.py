@@ -8,7 +8,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from scipy.stats import hypergeom
 
 # Threshold comparisons: a quantity x meets a threshold t when x >= t - TOLERANCE, so that a drop
 # (or gain) of exactly t counts even when float subtraction lands one ulp below t
@@ -40,6 +39,8 @@ def fisher_greater(
     rest = group_size - size
     degenerate = (size == 0) | (rest == 0) | (group_errors == 0) | (group_correct == 0)
     with np.errstate(all="ignore"):
+        from scipy.stats import hypergeom  # ~0.6 s to import: only when a search runs
+
         p = hypergeom.cdf(correct_s, group_size, size, group_correct)
     p = np.asarray(p, dtype=np.float64)
     p = np.where(degenerate, 1.0, np.minimum(p, 1.0))
