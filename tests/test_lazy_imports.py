@@ -19,7 +19,8 @@ except SystemExit as e:
     code = e.code
 else:
     code = 0
-heavy = sorted(m for m in ('torch', 'open_clip', 'torchvision', 'timm', 'scipy.stats') if m in sys.modules)
+HEAVY = ('torch', 'open_clip', 'torchvision', 'timm', 'scipy.stats')
+heavy = sorted(m for m in HEAVY if m in sys.modules)
 print('HEAVY=' + ','.join(heavy), file=sys.stderr)
 """
 
