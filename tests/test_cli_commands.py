@@ -287,3 +287,18 @@ def test_schema_lists_columns_and_sql_types(store):
         1, f"error: no table 'ingest_error' in {store.path}; did you mean 'ingest_errors'? "
         "tables: ingest_errors\n",
     )  # fmt: skip
+
+
+def test_a_table_that_takes_a_saved_query_name_later_is_not_silently_used(store):
+    s = str(store.path)
+    assert run("--store", s, "queries", "save", "model_metrics", "SELECT 1 AS x").returncode == 0
+    store.replace("model_metrics", pa.table({"x": [7]}))  # e.g. the demo writes its table
+    r = run("--store", s, "sql", "SELECT x FROM model_metrics")
+    assert (r.returncode, r.stderr) == (
+        1, "error: 'model_metrics' is both a table and a saved query; drop or rename the saved "
+        "query (failstore queries drop model_metrics)\n",
+    )  # fmt: skip
+    assert run("--store", s, "queries", "drop", "model_metrics").returncode == 0
+    assert json.loads(
+        run("--store", s, "sql", "SELECT x FROM model_metrics", "-f", "json").stdout
+    ) == [{"x": 7}]

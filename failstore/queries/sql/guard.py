@@ -227,6 +227,11 @@ class _Expander:
             name = table.name.lower()
             if name in _visible_ctes(table):
                 continue
+            if name in self.tables and name in self.stored:
+                raise SqlRefused(
+                    f"{table.name!r} is both a table and a saved query",
+                    hint=f"drop or rename the saved query (failstore queries drop {table.name})",
+                )
             if name in self.tables:
                 self.used_tables.add(self.tables[name])
             elif name in self.stored:
