@@ -193,7 +193,7 @@ def test_a_fixed_file_leaves_ingest_errors(tmp_path, colour_folder_with_bad, fak
     store = Store(tmp_path / "s")
     assert store.count("ingest_errors") == 1
     bad = colour_folder_with_bad / "red" / "corrupt.png"
-    shutil.copy(colour_folder_with_bad / "blue" / "0.png", bad)  # now a good (duplicate) image
+    shutil.copy(colour_folder_with_bad / "red" / "0.png", bad)  # now a good duplicate, same label
     report = ingest(tmp_path / "s", _opts(colour_folder_with_bad))
     assert report.errors == 0 and report.duplicates == 1
     assert store.count("ingest_errors") == 0
@@ -329,3 +329,31 @@ def test_adding_models_later_commits_once_per_flush_not_per_batch(tmp_path, fake
     got = run_sql(store, "SELECT count(*) AS n FROM images WHERE robust_model IS NOT NULL "
                          "AND clip_model IS NOT NULL")  # fmt: skip
     assert got.to_pylist() == [{"n": 60}]
+
+
+def test_identical_bytes_under_two_labels_are_recorded(tmp_path, colour_folder, fakes):
+    import shutil
+
+    copy = colour_folder / "green" / "copy_of_red0.png"
+    shutil.copy(colour_folder / "red" / "0.png", copy)
+    warnings: list[str] = []
+    report = ingest(tmp_path / "s", _opts(colour_folder), warn=warnings.append)
+    assert (report.duplicates, report.label_conflicts) == (1, 1)
+    assert warnings == [
+        "1 files have the same bytes as an earlier file with another label; each is a row of "
+        'ingest_errors (failstore sql "SELECT * FROM ingest_errors")'
+    ]
+    store = Store(tmp_path / "s")
+    got = run_sql(store, "SELECT uri, reason FROM ingest_errors").to_pylist()
+    red = colour_folder / "red" / "0.png"  # class folders are read in name order: green first
+    assert got == [
+        {
+            "uri": str(red),
+            "reason": f"same bytes as {copy}, which is labelled 'green'; this file says 'red': "
+            "the image keeps 'green' (fix the label of one of them)",
+        }
+    ]
+    assert store.count("images") == 12
+    versions = store.versions()
+    ingest(tmp_path / "s", _opts(colour_folder))  # a rerun records nothing new
+    assert store.versions() == versions

@@ -40,6 +40,7 @@ class IngestReport:
     predictions: int = 0
     errors: int = 0
     duplicates: int = 0
+    label_conflicts: int = 0  # duplicates whose label differs from the first file's
     unchanged: int = 0
     seconds: float = 0.0
     unknown_labels: list[str] = field(default_factory=list)
@@ -55,6 +56,11 @@ class IngestReport:
             f"ingested {self.seen} images in {self.seconds:.1f} s ({rate:.1f} images/s): "
             f"{self.new_images} new, {self.updated_images} updated, {self.unchanged} unchanged, "
             f"{self.duplicates} duplicates, {self.predictions} predictions, {self.errors} errors"
+            + (
+                f" ({self.label_conflicts} duplicates with another label: see ingest_errors)"
+                if self.label_conflicts
+                else ""
+            )
         )
 
 
@@ -176,6 +182,11 @@ def ingest(
         if bar is not None:
             bar.close()
     report.seconds = time.perf_counter() - start
+    if report.label_conflicts:
+        warn(
+            f"{report.label_conflicts} files have the same bytes as an earlier file with another "
+            'label; each is a row of ingest_errors (failstore sql "SELECT * FROM ingest_errors")'
+        )
     if not store.has_table("ingest_errors"):  # present, empty, from the first ingest on
         store.append(
             "ingest_errors", schemas.INGEST_ERRORS_SCHEMA.empty_table(),
@@ -207,7 +218,7 @@ def _loop(
     from failstore.ingest.decode_pool import DecodePool
 
     report, buf = run.report, run.buf
-    seen: set[str] = set()
+    seen: dict[str, tuple[str, str | None]] = {}  # image_id -> (first uri, its label)
     with DecodePool(list(prepro.values()), workers=opts.workers) as pool:
         batch: list[Any] = []
         for dec in pool.imap(items):
@@ -217,9 +228,14 @@ def _loop(
                 buf.errors.append((dec.item.uri, dec.error))
             elif dec.image_id is None or dec.image_id in seen:
                 report.duplicates += 1  # same bytes as an earlier file of this run
-                buf.ok_uris.append(dec.item.uri)
+                first_uri, first_label = seen.get(dec.image_id or "", (None, None))
+                if first_uri is not None and dec.item.label != first_label:
+                    report.label_conflicts += 1
+                    buf.errors.append((dec.item.uri, _conflict(first_uri, first_label, dec)))
+                else:
+                    buf.ok_uris.append(dec.item.uri)
             else:
-                seen.add(dec.image_id)
+                seen[dec.image_id] = (dec.item.uri, dec.item.label)
                 buf.ok_uris.append(dec.item.uri)
                 batch.append(dec)
             if len(batch) >= opts.batch_size:
@@ -232,6 +248,13 @@ def _loop(
         if batch:
             _run_batch(batch, run)
         buf.flush(store, image_schema, run.known)
+
+
+def _conflict(first_uri: str, first_label: str | None, dec: Any) -> str:
+    return (
+        f"same bytes as {first_uri}, which is labelled {first_label!r}; this file says "
+        f"{dec.item.label!r}: the image keeps {first_label!r} (fix the label of one of them)"
+    )
 
 
 @dataclass
