@@ -25,11 +25,12 @@ import pyarrow as pa
 from failstore import schemas
 from failstore.errors import IngestError
 from failstore.ingest import preflight, rows
+from failstore.ingest.buffer import Buffer, Known
 from failstore.ingest.labels import load_label_map, map_labels, unknown_labels
 from failstore.ingest.options import IngestOptions, check_options
 from failstore.ingest.progress import progress_bar
 from failstore.models.protocol import ModelAdapter, Preprocess
-from failstore.store import Store, equals, literal, utcnow
+from failstore.store import Store, utcnow
 
 
 @dataclass
@@ -72,35 +73,6 @@ def _normalise(arrays: list[np.ndarray], pre: Preprocess, device: str) -> Any:
     mean = torch.tensor(pre.mean, device=device).view(1, 3, 1, 1)
     std = torch.tensor(pre.std, device=device).view(1, 3, 1, 1)
     return (x - mean) / std
-
-
-class _Known:
-    """What the store holds already, as in-memory sets of image ids."""
-
-    def __init__(self, store: Store, target: str | None) -> None:
-        self.images: set[str] = set()
-        self.with_clip: set[str] = set()
-        self.with_robust: set[str] = set()
-        self.predicted: set[str] = set()
-        self.errors: dict[str, str] = {}  # uri -> reason recorded in ingest_errors
-        if store.has_table("ingest_errors"):
-            t = store.read("ingest_errors", ["uri", "reason"])
-            self.errors = dict(zip(t["uri"].to_pylist(), t["reason"].to_pylist(), strict=True))
-        if store.has_table("images"):
-            names = store.schema("images").names
-            cols = ["image_id"] + [c for c in ("clip_model", "robust_model") if c in names]
-            t = store.read("images", cols)
-            ids = t.column("image_id").to_pylist()
-            self.images = set(ids)
-            if "clip_model" in cols:
-                mask = t.column("clip_model").is_valid().to_numpy(zero_copy_only=False)
-                self.with_clip = {i for i, m in zip(ids, mask, strict=True) if m}
-            if "robust_model" in cols:
-                mask = t.column("robust_model").is_valid().to_numpy(zero_copy_only=False)
-                self.with_robust = {i for i, m in zip(ids, mask, strict=True) if m}
-        if target and store.has_table("predictions"):
-            t = store.read("predictions", ["image_id"], filter=equals("model", target))
-            self.predicted = set(t.column("image_id").to_pylist())
 
 
 def ingest(
@@ -156,12 +128,12 @@ def ingest(
         schemas.IMAGE_BASE_FIELDS + list(source.metadata_schema) + model_fields
     )
     store.ensure_columns("images", list(source.metadata_schema) + model_fields)
-    known = _Known(store, target.name if target else None)
+    known = Known(store, target.name if target else None)
     thresholds = np.asarray(records["clip"].thresholds, np.float32) if clip else None
 
     prepro = {a.preprocess.key(): a.preprocess for a in adapters.values()}
     start = time.perf_counter()
-    buf = _Buffer()
+    buf = Buffer()
     tags = list(records["clip"].tags or []) if clip else []
     run = _Run(
         adapters,
@@ -262,14 +234,14 @@ class _Run:
     """State of one ingest run shared by its batches."""
 
     adapters: dict[str, ModelAdapter]
-    known: _Known
+    known: Known
     class_names: Sequence[str]
     label_map: dict[str, str]
     thresholds: np.ndarray | None
     metadata_schema: pa.Schema
     tags: list[str]
     device: str
-    buf: _Buffer
+    buf: Buffer
     report: IngestReport
 
 
@@ -360,53 +332,3 @@ def _with_models(
             for name, arr in _model_cols(role, run, out).items():
                 base = base.append_column(name, arr)
     return base
-
-
-class _Buffer:
-    """Rows waiting for the next commit."""
-
-    def __init__(self) -> None:
-        self.new_images: list[pa.Table] = []
-        self.image_updates: list[pa.Table] = []
-        self.predictions: list[pa.Table] = []
-        self.errors: list[tuple[str, str]] = []
-        self.ok_uris: list[str] = []
-
-    @property
-    def pending(self) -> int:
-        return sum(
-            t.num_rows for t in self.new_images + self.image_updates + self.predictions
-        ) + len(self.errors)
-
-    def flush(self, store: Store, image_schema: pa.Schema, known: _Known) -> None:
-        if self.new_images:
-            data = pa.concat_tables(self.new_images)
-            store.upsert("images", data.cast(_project(image_schema, data)), schema=image_schema)
-        by_columns: dict[tuple[str, ...], list[pa.Table]] = {}
-        for upd in self.image_updates:  # one merge per set of columns, not per batch
-            by_columns.setdefault(tuple(upd.column_names), []).append(upd)
-        for tables in by_columns.values():
-            store.upsert("images", pa.concat_tables(tables), insert=False)
-        if self.predictions:
-            store.upsert(
-                "predictions", pa.concat_tables(self.predictions), schema=schemas.PREDICTIONS_SCHEMA
-            )
-        errors = [e for e in self.errors if known.errors.get(e[0]) != e[1]]  # reruns: nothing new
-        if errors:
-            store.upsert(
-                "ingest_errors",
-                rows.error_table(errors, utcnow()),
-                schema=schemas.INGEST_ERRORS_SCHEMA,
-            )
-            known.errors.update(errors)
-        gone = [u for u in self.ok_uris if u in known.errors]  # they decode now: not errors
-        if gone:
-            for u in gone:
-                del known.errors[u]
-            quoted = ", ".join(literal(u) for u in gone)
-            store.delete("ingest_errors", f"uri IN ({quoted})")
-        self.__init__()  # type: ignore[misc]
-
-
-def _project(schema: pa.Schema, data: pa.Table) -> pa.Schema:
-    return pa.schema([schema.field(n) for n in data.column_names])

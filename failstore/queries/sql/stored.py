@@ -39,6 +39,7 @@ from sqlglot.errors import ParseError
 
 from failstore.errors import InputError, SqlRefused
 
+STORED_PREFIX = "_stored_"  # CTE name prefix of a stored query expanded into a query
 NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 HEADER_RE = re.compile(r"^--\s*([A-Za-z_]+)\s*:\s?(.*)$")
 HEADER_KEYS = ("name", "description", "param")
