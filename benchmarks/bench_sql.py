@@ -1,7 +1,7 @@
 """SQL overhead: `class_error_rates` through `failstore sql` vs DuckDB over Parquet.
 
 Builds a store with N images and N predictions (default 1M), then times
-  A. `Store.sql("SELECT * FROM class_error_rates")` in-process, against
+  A. `run_sql(store, "SELECT * FROM class_error_rates")` in-process, against
   B. plain DuckDB over Parquet files holding only the columns the query needs, in-process;
   C. `failstore sql "SELECT * FROM class_error_rates"` as a new process, against
   D. a new Python process running the same plain DuckDB query over the Parquet files,
@@ -161,7 +161,7 @@ def main() -> None:
     theirs = con.sql(sql).to_arrow_table()
     assert ours.num_rows == theirs.num_rows, (ours.num_rows, theirs.num_rows)
     print(f"B duckdb over parquet, in-process : {base * 1000:7.0f} ms")
-    print(f"A Store.sql, in-process           : {lib * 1000:7.0f} ms   A/B {lib / base:.2f}")
+    print(f"A run_sql, in-process             : {lib * 1000:7.0f} ms   A/B {lib / base:.2f}")
     print(f"D python -c duckdb over parquet   : {plain_cmd * 1000:7.0f} ms")
     print(
         f"C failstore sql (CLI process)     : {cmd * 1000:7.0f} ms   C/D {cmd / plain_cmd:.2f}"
