@@ -231,3 +231,34 @@ def test_a_float_column_is_not_a_tag_source(tmp_path):
         "tags_from column 'score' is double, not categorical; use columns of strings, booleans "
         "or integers (bin a number into a text column first)"
     )
+
+
+def test_an_empty_result_says_why(store):
+    args = ["--store", str(store.path), "slices", "--split", "val"]
+    r = subprocess.run(
+        [sys.executable, "-m", "failstore.cli.app", *args, "--min-size", "400"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert r.returncode == 0
+    assert r.stderr == (
+        "no failure slices: every group has fewer than --min-size 400 images (largest: "
+        f"{_largest(store)}); lower --min-size\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-m", "failstore.cli.app", *args, "--min-drop", "0.9", "-f", "json"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert (r.returncode, r.stdout) == (0, "[]\n")
+    assert r.stderr == (
+        f"no failure slices: 2 group(s) searched (largest: {_largest(store)} images); no tag "
+        "set of at least --min-size 30 images loses --min-drop 0.9 accuracy with every tag "
+        "adding --min-gain 0.1\n"
+    )
+
+
+def _largest(store) -> str:
+    rows = run_sql(
+        store, "SELECT label, count(*) AS n FROM images WHERE split = 'val' GROUP BY label "
+        "ORDER BY n DESC, label DESC LIMIT 1",
+    ).to_pylist()  # fmt: skip
+    return f"{rows[0]['label']}, {rows[0]['n']}"

@@ -23,7 +23,8 @@ def slices(ctx: typer.Context, est: Any, limit: int | None, fmt: Format) -> None
     """
     from failstore.queries.slices.search import slice_schema
 
-    est.fit(state(ctx).open_store())
+    store = state(ctx).open_store()
+    est.fit(store)
     # Exactly the documented fields, in order (the stored table also has run bookkeeping).
     fields = ["class", "grouping", "model", *slice_schema(bool(est.eval_split)).names]
     table = est.results_.select(fields)
@@ -32,6 +33,35 @@ def slices(ctx: typer.Context, est: Any, limit: int | None, fmt: Format) -> None
     if fmt is Format.table:
         table = table.drop_columns(["grouping", "model"])
     emit(table, fmt)
+    if est.results_.num_rows == 0:
+        typer.echo(f"no failure slices: {why_no_slices(est, store)}", err=True)
+
+
+def why_no_slices(est: Any, store: Any) -> str:
+    """One line on why a run found nothing: the groups' sizes against the thresholds."""
+    import numpy as np
+
+    from failstore.queries.slices.estimator import load_frame
+
+    params = est.resolved_params(store)
+    data = load_frame(store, params["model"], params["tags_from"], params["split"])
+    keys = np.asarray(data[params["by"]].to_numpy(zero_copy_only=False), dtype=object)
+    if est.classes:
+        keys = keys[np.isin(keys, list(est.classes))]
+    sizes = sorted(((int((keys == k).sum()), str(k)) for k in set(keys)), reverse=True)
+    if not sizes:
+        return "no images in the groups searched"
+    largest, name = sizes[0]
+    if largest < params["min_size"]:
+        return (
+            f"every group has fewer than --min-size {params['min_size']} images "
+            f"(largest: {name}, {largest}); lower --min-size"
+        )
+    return (
+        f"{len(sizes)} group(s) searched (largest: {name}, {largest} images); no tag set of at "
+        f"least --min-size {params['min_size']} images loses --min-drop {params['min_drop']:g} "
+        f"accuracy with every tag adding --min-gain {params['min_gain']:g}"
+    )
 
 
 OUTPUT = [
