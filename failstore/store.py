@@ -184,20 +184,32 @@ class Store:
             return self.db.open_table(name)
         return self.db.create_table(name, schema=schema, exist_ok=True)
 
+    def type_conflicts(
+        self, name: str, fields: Sequence[pa.Field]
+    ) -> list[tuple[pa.Field, pa.DataType]]:
+        """The ``fields`` that the table has under another type, with the table's type (no
+        write: callers check before writing anything)."""
+        if not self.has_table(name):
+            return []
+        have = self.schema(name)
+        return [
+            (f, have.field(f.name).type)
+            for f in fields
+            if f.name in have.names and have.field(f.name).type != f.type
+        ]
+
     @_locked
     def ensure_columns(self, name: str, fields: Sequence[pa.Field]) -> None:
         """Add missing columns (all null) to an existing table, in one commit."""
         if not self.has_table(name):
             return
+        for f, had in self.type_conflicts(name, fields):
+            raise StoreError(
+                f"table '{name}' column '{f.name}' has type {had}, this write needs {f.type}",
+                hint="the store was filled by a different model; use a new --store",
+            )
         have = self.schema(name)
         missing = [f for f in fields if f.name not in have.names]
-        for f in fields:
-            if f.name in have.names and have.field(f.name).type != f.type:
-                raise StoreError(
-                    f"table '{name}' column '{f.name}' has type {have.field(f.name).type}, "
-                    f"this write needs {f.type}",
-                    hint="the store was filled by a different model; use a new --store",
-                )
         if missing:
             self.db.open_table(name).add_columns(missing)
 

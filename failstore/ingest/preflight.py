@@ -58,24 +58,17 @@ def check_device(device: str) -> None:
 def check_image_columns(store: Store, metadata: pa.Schema, model_fields: list[pa.Field]) -> None:
     """The source's metadata columns and the models' columns fit the store's ``images`` table,
     checked before anything is written (the models row included)."""
-    if not store.has_table("images"):
-        return
-    have = store.schema("images")
-    for f in metadata:
-        if f.name in have.names and have.field(f.name).type != f.type:
-            raise StoreError(
-                f"manifest column '{f.name}' is {f.type} here but {have.field(f.name).type} in "
-                f"{store.path}",
-                hint=f"write '{f.name}' as {have.field(f.name).type} in the manifest (or "
-                "rename the column), or use a new --store",
-            )
-    for f in model_fields:
-        if f.name in have.names and have.field(f.name).type != f.type:
-            raise StoreError(
-                f"images column '{f.name}' is {have.field(f.name).type} in {store.path}, this "
-                f"model gives {f.type}",
-                hint="the store was filled by another model of this role; use a new --store",
-            )
+    for f, had in store.type_conflicts("images", list(metadata)):
+        raise StoreError(
+            f"manifest column '{f.name}' is {f.type} here but {had} in {store.path}",
+            hint=f"write '{f.name}' as {had} in the manifest (or rename the column), "
+            "or use a new --store",
+        )
+    for f, had in store.type_conflicts("images", model_fields):
+        raise StoreError(
+            f"images column '{f.name}' is {had} in {store.path}, this model gives {f.type}",
+            hint="the store was filled by another model of this role; use a new --store",
+        )
 
 
 def check_store_models(store: Store, records: dict[str, Any]) -> None:

@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 
 from failstore.errors import StoreError
 from failstore.schemas import ANALYSIS_RUNS_SCHEMA
-from failstore.store import Store, literal, utcnow
+from failstore.store import Store, equals, literal, utcnow
 
 LISTED = ["run_id", "analysis", "result_table", "params", "source_versions", "rows", "seconds",
           "created_at", "used_at"]  # fmt: skip
@@ -25,15 +25,16 @@ def list_runs(store: Store, analysis: str | None = None) -> pa.Table:
     """Runs, most recently used first; only ``analysis``'s when given."""
     if not store.has_table("analysis_runs"):
         return pa.schema([ANALYSIS_RUNS_SCHEMA.field(c) for c in LISTED]).empty_table()
-    flt = f"analysis = {literal(analysis)}" if analysis else None
+    flt = equals("analysis", analysis) if analysis else None
     runs = store.read("analysis_runs", LISTED, filter=flt)
     order = pc.sort_indices(runs, [("used_at", "descending"), ("run_id", "ascending")])
     return runs.take(order)
 
 
-def resolve_run_ids(store: Store, given: Sequence[str]) -> list[str]:
-    """Full run ids for ids or unique prefixes (at least 4 characters), in the given order."""
-    known = list_runs(store).column("run_id").to_pylist()
+def resolve_run_ids(runs: pa.Table, given: Sequence[str]) -> list[str]:
+    """Full run ids (of the ``list_runs`` table ``runs``) for ids or unique prefixes (at least
+    4 characters), in the given order."""
+    known = runs.column("run_id").to_pylist()
     out = []
     for g in given:
         matches = [r for r in known if r == g] or (
@@ -57,15 +58,16 @@ def drop_runs(
 
     ``run_ids``: ids or unique prefixes. ``older_than``: also every run not used for that long
     (of ``analysis`` only, when given)."""
-    ids = resolve_run_ids(store, run_ids)
+    runs = list_runs(store)
+    ids = resolve_run_ids(runs, run_ids)
     if older_than is not None:
-        runs = list_runs(store, analysis)
         cutoff = pa.scalar(utcnow() - older_than, pa.timestamp("us", tz="UTC"))
         old = runs.filter(pc.less(runs["used_at"], cutoff))
+        if analysis:
+            old = old.filter(pc.equal(old["analysis"], analysis))
         ids += [r for r in old.column("run_id").to_pylist() if r not in ids]
     if not ids:
         return []
-    runs = list_runs(store)
     tables = dict(zip(runs["run_id"].to_pylist(), runs["result_table"].to_pylist(), strict=True))
     by_table: dict[str, list[str]] = {}
     for r in ids:

@@ -265,12 +265,14 @@ def load_frame(
 
 
 def check_known(store: Store, column: str, wanted: Sequence[str], param: str) -> None:
-    """Every value of ``wanted`` occurs in ``images.column``; else one line with a guess."""
+    """Every value of ``wanted`` occurs in ``images.column``; else one line with a guess. The
+    happy path only counts matching rows; the column's values are read for the message."""
     from difflib import get_close_matches
 
-    known = {v for v in pc.unique(store.read("images", [column]).column(column)).to_pylist() if v}
     for value in wanted:
-        if value not in known:
+        if store.count("images", equals(column, value)) == 0:
+            values = pc.unique(store.read("images", [column]).column(column)).to_pylist()
+            known = {v for v in values if v}
             close = get_close_matches(value, sorted(known), n=1)
             hint = f"did you mean '{close[0]}'?" if close else ""
             listed = ", ".join(sorted(known)[:12]) + (" ..." if len(known) > 12 else "")

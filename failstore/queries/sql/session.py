@@ -98,14 +98,14 @@ class SqlSession:
         names = store.table_names()
         if query.name.lower() in {n.lower() for n in names}:
             raise SqlRefused(f"query name {query.name!r} is a table name; choose another name")
-        saved = {n.lower(): n for n in self.saved_query_names()}
+        stored = self.stored_queries()
+        saved = {q.name.lower(): q.name for q in stored.values() if q.source == "store"}
         same = saved.get(query.name.lower())
         if same is not None and not replace:
             raise SqlRefused(
                 f"a saved query {same!r} exists",
                 hint="pass --replace to overwrite it, or choose another name",
             )
-        stored = self.stored_queries()
         if same is not None:
             stored.pop(same, None)
             if same != query.name:
