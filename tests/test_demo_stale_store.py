@@ -14,6 +14,7 @@ from test_models_clip import MODEL_CFG, PRE_CFG
 from failstore import config, schemas
 from failstore.demo.nets import BottleneckCNN, export_model
 from failstore.demo.run import _drop_stale_demo_store
+from failstore.errors import StoreError
 from failstore.models.weights import sha256_file
 from failstore.store import Store
 
@@ -72,6 +73,6 @@ def test_a_store_with_other_models_is_left_alone(tmp_path, monkeypatch):
     new = _models(tmp_path / "cache", seed=2)
     _drop_stale_demo_store(store, new, lambda _m: None)
     assert store.is_dir()
-    with pytest.raises(Exception):  # noqa: B017 - not a store at all: nothing happens either
+    _drop_stale_demo_store(tmp_path / "nothing", new, lambda _m: None)  # no store: nothing
+    with pytest.raises(StoreError, match="no store at"):
         Store(tmp_path / "nothing")
-    _drop_stale_demo_store(tmp_path / "nothing", new, lambda _m: None)
