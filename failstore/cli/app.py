@@ -6,32 +6,41 @@ on stderr with a non-zero exit; ``--debug`` shows the traceback.
 
 from __future__ import annotations
 
+import importlib
 import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from failstore.cli import (
-    commands_analyses,
-    commands_demo,
-    commands_runs,
-    commands_sql,
-    commands_store,
-)
 from failstore.cli.state import State
 
-app = typer.Typer(
-    name="failstore",
-    help="Find and explain the failure modes of image classifiers, with SQL over one store.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-    rich_markup_mode=None,
+# The modules that register commands, in the order ``--help`` lists them.
+COMMAND_MODULES = (
+    "commands_store",
+    "commands_sql",
+    "commands_analyses",
+    "commands_runs",
+    "commands_demo",
 )
+# Which module registers each command that does not depend on the analyses found at run time.
+# ``main`` builds only that module's commands when one of these is invoked, so `failstore sql`
+# does not import the analysis packages (tests/test_cli_app.py checks the table against the
+# full app).
+CORE_COMMANDS = {
+    "init": "commands_store",
+    "info": "commands_store",
+    "ingest": "commands_store",
+    "sql": "commands_sql",
+    "schema": "commands_sql",
+    "queries": "commands_sql",
+    "runs": "commands_runs",
+    "compact": "commands_runs",
+    "demo": "commands_demo",
+}
+GLOBAL_OPTIONS = {"--store": True, "--debug": False}  # option -> takes a value
 
 
-@app.callback()
 def _global(
     ctx: typer.Context,
     store: Annotated[
@@ -52,11 +61,89 @@ def _global(
     ctx.obj = State(store=store, debug=debug)
 
 
-commands_store.register(app)
-commands_sql.register(app)
-commands_analyses.register(app)
-commands_runs.register(app)
-commands_demo.register(app)
+def build_app(modules: tuple[str, ...] = COMMAND_MODULES) -> typer.Typer:
+    """The ``failstore`` app with the commands of ``modules`` (all of them by default)."""
+    built = typer.Typer(
+        name="failstore",
+        help="Find and explain the failure modes of image classifiers, with SQL over one store.",
+        no_args_is_help=True,
+        pretty_exceptions_enable=False,
+        add_completion=False,
+        rich_markup_mode=None,
+    )
+    built.callback()(_global)
+    for name in modules:
+        importlib.import_module(f"failstore.cli.{name}").register(built)
+    return built
+
+
+def command_index(args: list[str]) -> int | None:
+    """Where the command word is in ``args`` (the first argument that is not a global option
+    or its value); None for ``--help``, a typo'd option, or no command."""
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        name = arg.split("=", 1)[0]
+        if arg == "--":
+            return i + 1 if i + 1 < len(args) else None
+        if name in GLOBAL_OPTIONS:
+            i += 2 if GLOBAL_OPTIONS[name] and "=" not in arg else 1
+        elif arg.startswith("-"):
+            return None  # --help, or an unknown option: the full app answers
+        else:
+            return i
+    return None
+
+
+def subcommand(args: list[str]) -> str | None:
+    """The command word in ``args``, if there is one."""
+    i = command_index(args)
+    return None if i is None else args[i]
+
+
+def hoist_global_options(args: list[str]) -> list[str]:
+    """Move global options given after the command word in front of it, so
+    `failstore sql "..." --store S` works like `failstore --store S sql "..."`.
+    Arguments after ``--`` are left alone (they may be a query that starts with dashes)."""
+    at = command_index(args)
+    if at is None:
+        return list(args)
+    moved: list[str] = []
+    rest: list[str] = []
+    i = at + 1
+    while i < len(args):
+        arg = args[i]
+        name = arg.split("=", 1)[0]
+        if arg == "--":
+            rest += args[i:]
+            break
+        if name in GLOBAL_OPTIONS:
+            width = 2 if GLOBAL_OPTIONS[name] and "=" not in arg else 1
+            if i + width > len(args):
+                from typer._click.exceptions import UsageError
+
+                raise UsageError(f"Option '{name}' requires an argument.")
+            moved += args[i : i + width]
+            i += width
+        else:
+            rest.append(arg)
+            i += 1
+    return [*args[:at], *moved, args[at], *rest]
+
+
+def app_for(args: list[str]) -> typer.Typer:
+    """The app ``main`` runs for ``args``: only the invoked core command's module when there is
+    one (faster start-up), the full app otherwise (help, analyses, typos)."""
+    module = CORE_COMMANDS.get(subcommand(args) or "")
+    return build_app((module,)) if module else build_app()
+
+
+def __getattr__(name: str) -> typer.Typer:
+    """``app``: the full app, built on first use (docs, tests and ``python -m``)."""
+    if name == "app":
+        built = globals()["app"] = build_app()
+        return built
+    raise AttributeError(name)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -68,7 +155,8 @@ def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
     try:
-        app(args=args, prog_name="failstore", standalone_mode=False)
+        args = hoist_global_options(args)
+        app_for(args)(args=args, prog_name="failstore", standalone_mode=False)
     except typer.Exit as e:
         sys.exit(e.exit_code)
     except typer.Abort:
