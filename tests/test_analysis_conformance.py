@@ -43,7 +43,8 @@ def cls(request) -> type[Analysis]:
 
 def test_declaration_is_complete(cls):
     assert cls.result_table and cls.result_schema.names, "declare result_table, result_schema"
-    assert "run_id" not in cls.result_schema.names, "run_id is added by the framework"
+    for table, schema in cls.tables().items():
+        assert "run_id" not in schema.names, f"{table}: run_id is added by the framework"
     names = [p.name for p in cls.params]
     assert len(set(names)) == len(names)
     assert set(cls.view_params) <= set(names) and set(cls.run_key) <= set(names)
@@ -155,6 +156,34 @@ def test_cli_options_are_the_declared_parameters(cls):
 
 def test_stored_rows_have_exactly_the_declared_types(cls, planted):
     cls().fit(planted)
-    stored = planted.read(cls.result_table)
-    want = pa.schema([*cls.result_schema, pa.field("run_id", pa.string())])
-    assert [(f.name, f.type) for f in stored.schema] == [(f.name, f.type) for f in want]
+    for table, schema in cls.tables().items():
+        stored = planted.read(table)
+        want = pa.schema([*schema, pa.field("run_id", pa.string())])
+        assert [(f.name, f.type) for f in stored.schema] == [(f.name, f.type) for f in want]
+
+
+def test_dropping_a_run_drops_its_rows_in_every_table(cls, tmp_path):
+    from failstore.queries.framework.runs import drop_runs
+
+    store = build(tmp_path / "s", n=400)
+    est = cls().fit(store)
+    kept = cls(**{**est.get_params(), **_another_run(cls)}).fit(store)
+    assert kept.run_id_ != est.run_id_
+    before = {t: store.count(t, f"run_id = '{kept.run_id_}'") for t in cls.tables()}
+    assert drop_runs(store, [est.run_id_]) == [est.run_id_]
+    for table in cls.tables():
+        assert store.count(table, f"run_id = '{est.run_id_}'") == 0, table
+        assert store.count(table, f"run_id = '{kept.run_id_}'") == before[table], table
+    assert store.count("analysis_runs", f"run_id = '{est.run_id_}'") == 0
+
+
+def _another_run(cls: type[Analysis]) -> dict[str, object]:
+    """A parameter change that makes a different run: a numeric parameter moved off its
+    default inside its limits."""
+    for p in cls.params:
+        if p.kind in (int, float) and not p.optional and p.name not in cls.view_params:
+            default = p.default
+            step = 1 if p.kind is int else 0.05
+            value = default + step if p.high is None or default + step <= p.high else default - step
+            return {p.name: value}
+    raise AssertionError(f"{cls.__name__} has no numeric parameter to vary")

@@ -18,7 +18,7 @@ import hashlib
 import json
 import time
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeAlias
 
 import pyarrow as pa
 
@@ -29,6 +29,10 @@ from failstore.store import Store, equals, utcnow
 # Every Analysis subclass with a name, by name (see registry.analyses() for the complete list).
 REGISTERED: dict[str, type[Analysis]] = {}
 
+# What ``_compute`` returns: the result table's rows, or every table's rows by table name (for
+# an analysis with ``extra_tables``).
+Computed: TypeAlias = "pa.Table | Mapping[str, pa.Table]"
+
 
 def _register(cls: type[Analysis]) -> None:
     """Names and result tables must be unique across analyses."""
@@ -37,8 +41,9 @@ def _register(cls: type[Analysis]) -> None:
             continue  # the same class, its module imported again
         if other.name == cls.name:
             raise TypeError(f"two analyses named {cls.name!r}: {other} and {cls}")
-        if other.result_table == cls.result_table:
-            raise TypeError(f"{other} and {cls} both write {cls.result_table!r}")
+        clash = set(other.tables()) & set(cls.tables())
+        if clash:
+            raise TypeError(f"{other} and {cls} both write {sorted(clash)}")
     REGISTERED[cls.name] = cls
 
 
@@ -46,11 +51,14 @@ class Analysis:
     """Base class. Subclasses set ``name`` (also the CLI command and the stored query),
     ``result_table``, ``result_schema`` (the columns of a run's rows; ``run_id`` is added),
     ``reads`` (tables whose versions stamp a run), ``params`` and implement
-    ``_compute(store, params) -> pa.Table``."""
+    ``_compute(store, params)``. An analysis that writes more than one table declares the
+    others in ``extra_tables`` (name -> schema) and returns every table's rows by name."""
 
     name: ClassVar[str] = ""
     result_table: ClassVar[str] = ""
     result_schema: ClassVar[pa.Schema] = pa.schema([])
+    # More tables a run writes (e.g. which leaf each image fell in), stamped with run_id too.
+    extra_tables: ClassVar[dict[str, pa.Schema]] = {}
     reads: ClassVar[tuple[str, ...]] = ("images", "predictions", "models")
     params: ClassVar[tuple[Param, ...]] = ()
     # Parameters that only filter what ``fit`` returns; they are not part of a run.
@@ -71,6 +79,11 @@ class Analysis:
             if not cls.__dict__.get("command"):
                 cls.command = cls.name
             _register(cls)
+
+    @classmethod
+    def tables(cls) -> dict[str, pa.Schema]:
+        """Every table a run writes, the result table first."""
+        return {cls.result_table: cls.result_schema, **cls.extra_tables}
 
     # -- estimator conventions -------------------------------------------------
     @classmethod
@@ -112,7 +125,7 @@ class Analysis:
         """Fill in defaults that depend on the store (e.g. the last target model)."""
         return params
 
-    def _compute(self, store: Store, params: dict[str, Any]) -> pa.Table:
+    def _compute(self, store: Store, params: dict[str, Any]) -> Computed:
         raise NotImplementedError  # pragma: no cover - abstract
 
     def fit(self, store: Store, *, reuse: bool = True) -> Analysis:
@@ -127,13 +140,25 @@ class Analysis:
             touch_run(store, run_id)
             return self
         start = time.perf_counter()
-        result = conform(self._compute(store, params), self.result_schema, type(self).__name__)
+        got = self._compute(store, params)
+        who = type(self).__name__
+        computed = {self.result_table: got} if isinstance(got, pa.Table) else dict(got)
+        if set(computed) != set(self.tables()):
+            raise TypeError(
+                f"{who} returned tables {sorted(computed)}, not {sorted(self.tables())}"
+            )
+        result = conform(computed[self.result_table], self.result_schema, who)
+        extra = {
+            name: (conform(computed[name], schema, who), schema)
+            for name, schema in self.extra_tables.items()
+        }
         write_run(
             store,
             analysis=self.name,
             result_table=self.result_table,
             result=result,
             schema=self.result_schema,
+            extra=extra,
             params=params,
             run_key={k: params.get(k) for k in self.run_key},
             versions=versions,
@@ -147,6 +172,14 @@ class Analysis:
     def _load(self, store: Store, run_id: str) -> pa.Table:
         t = store.read(self.result_table, self.result_schema.names, filter=equals("run_id", run_id))
         return conform(t, self.result_schema, type(self).__name__)
+
+    def read_table(self, store: Store, table: str, columns: list[str] | None = None) -> pa.Table:
+        """The fitted run's rows of one of its tables (e.g. an extra table), ``columns`` only."""
+        schema = self.tables()[table]
+        names = columns or schema.names
+        if not store.has_table(table):
+            return pa.schema([schema.field(c) for c in names]).empty_table()
+        return store.read(table, names, filter=equals("run_id", self.run_id_))
 
 
 def conform(table: pa.Table, schema: pa.Schema, who: str) -> pa.Table:
@@ -205,18 +238,46 @@ def write_run(
     versions: Mapping[str, int],
     seconds: float,
     run_id: str | None = None,
+    extra: Mapping[str, tuple[pa.Table, pa.Schema]] | None = None,
 ) -> str:
-    """Append one run's rows (stamped with ``run_id``) to ``result_table`` and record the run.
+    """Append one run's rows (stamped with ``run_id``) to ``result_table`` (and each ``extra``
+    table) and record the run.
 
     Other runs' rows are never touched. The rows land before the ``analysis_runs`` record, so a
     crash in between leaves a run that ``has_run`` does not count and a rerun completes."""
     run_id = run_id or run_identity(analysis, params, versions)
+    with store.writing():
+        for name, (rows, rows_schema) in sorted((extra or {}).items()):
+            _append_stamped(store, name, rows, rows_schema, run_id)
+        _append_stamped(store, result_table, result, schema, run_id)
+        _record_run(
+            store, analysis, result_table, result, params, run_key, versions, seconds, run_id
+        )
+    return run_id
+
+
+def _append_stamped(
+    store: Store, table: str, rows: pa.Table, schema: pa.Schema, run_id: str
+) -> None:
     full = pa.schema([*schema, pa.field("run_id", pa.string(), nullable=False)])
-    stamped = result.append_column("run_id", pa.array([run_id] * result.num_rows, pa.string()))
-    if store.has_table(result_table) and store.count(result_table, equals("run_id", run_id)):
-        store.delete(result_table, equals("run_id", run_id))  # a forced recompute of this run
-    if result.num_rows or not store.has_table(result_table):
-        store.append(result_table, stamped, schema=full)
+    stamped = rows.append_column("run_id", pa.array([run_id] * rows.num_rows, pa.string()))
+    if store.has_table(table) and store.count(table, equals("run_id", run_id)):
+        store.delete(table, equals("run_id", run_id))  # a forced recompute of this run
+    if rows.num_rows or not store.has_table(table):
+        store.append(table, stamped, schema=full)
+
+
+def _record_run(
+    store: Store,
+    analysis: str,
+    result_table: str,
+    result: pa.Table,
+    params: Mapping[str, Any],
+    run_key: Mapping[str, Any],
+    versions: Mapping[str, int],
+    seconds: float,
+    run_id: str,
+) -> None:
     now = utcnow()
     row = {
         "run_id": run_id,
@@ -237,4 +298,3 @@ def write_run(
         pa.Table.from_pylist([row], schema=ANALYSIS_RUNS_SCHEMA),
         schema=ANALYSIS_RUNS_SCHEMA,
     )
-    return run_id

@@ -35,8 +35,8 @@ def analyses() -> dict[str, type[Analysis]]:
 
 
 def result_tables() -> dict[str, str]:
-    """Result table -> the analysis that writes it."""
-    return {cls.result_table: name for name, cls in analyses().items()}
+    """Every table an analysis writes (result and extra tables) -> the analysis."""
+    return {table: name for name, cls in analyses().items() for table in cls.tables()}
 
 
 def missing_table_message(table: str) -> str | None:
@@ -44,7 +44,7 @@ def missing_table_message(table: str) -> str | None:
     wanted = table.lower()
     found = analyses()
     for name, cls in found.items():
-        if cls.result_table.lower() == wanted:
+        if wanted in (t.lower() for t in cls.tables()):
             return f"no `{name}` run yet: run `failstore {cls.command}`"
     if wanted == "analysis_runs":
         commands = ", ".join(f"`failstore {cls.command}`" for cls in found.values())

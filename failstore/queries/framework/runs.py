@@ -1,6 +1,7 @@
 """Listing and dropping analysis runs (``failstore runs``).
 
-A run is one row of ``analysis_runs`` plus its rows in its result table (column ``run_id``).
+A run is one row of ``analysis_runs`` plus its rows in its result table and the analysis's
+extra tables (column ``run_id``).
 Dropping a run deletes both (Lance deletions: a new version of each table, nothing rewritten);
 ``Store.compact`` later reclaims the space.
 """
@@ -68,10 +69,16 @@ def drop_runs(
         ids += [r for r in old.column("run_id").to_pylist() if r not in ids]
     if not ids:
         return []
-    tables = dict(zip(runs["run_id"].to_pylist(), runs["result_table"].to_pylist(), strict=True))
+    from failstore.queries.framework.registry import analyses
+
+    known = analyses()
+    info = zip(runs["run_id"].to_pylist(), runs["analysis"].to_pylist(),
+               runs["result_table"].to_pylist(), strict=True)  # fmt: skip
+    tables = {r: [t, *(known[a].extra_tables if a in known else ())] for r, a, t in info}
     by_table: dict[str, list[str]] = {}
     for r in ids:
-        by_table.setdefault(tables[r], []).append(r)
+        for table in tables[r]:
+            by_table.setdefault(table, []).append(r)
     for table, rs in sorted(by_table.items()):
         if store.has_table(table):
             store.delete(table, f"run_id IN ({', '.join(literal(r) for r in rs)})")
