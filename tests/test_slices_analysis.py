@@ -208,7 +208,7 @@ def test_every_analysis_result_table_is_a_reserved_name():
         ({"eval_split": "nosuch"}, "eval_split: no image has split 'nosuch'; known: test, val"),
         ({"classes": ["dgo"]},
          "classes: no image has label 'dgo'; did you mean 'dog'? known: cat, dog"),
-        ({"tags_from": ["label"]}, "tags_from cannot use 'label'; slices are searched within each "
+        ({"tags_from": ["label"]}, "tags_from cannot use 'label'; analyses look within each "
          "class; give categorical metadata columns such as attr_background"),
         ({"min_drop": 2.0}, "min_drop must be between 0 and 1, got 2.0"),
         ({"min_gain": -1.0}, "min_gain must be between 0 and 1, got -1.0"),
