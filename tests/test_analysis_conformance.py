@@ -124,11 +124,11 @@ def test_fit_returns_self_reuses_and_keeps_every_run(cls, planted):
 
 
 def test_stored_query_reads_the_latest_run(cls, planted):
-    assert cls.name in builtin_queries(), f"ship failstore/queries/<pkg>/{cls.name}.sql"
+    assert cls.query in builtin_queries(), f"ship failstore/queries/<pkg>/{cls.query}.sql"
     latest = cls().fit(planted)
-    got = run_sql(planted, f'SELECT DISTINCT run_id FROM "{cls.name}"')
+    got = run_sql(planted, f'SELECT DISTINCT run_id FROM "{cls.query}"')
     assert got.column("run_id").to_pylist() == [latest.run_id_]
-    shown = run_sql(planted, f'SELECT * FROM "{cls.name}"')
+    shown = run_sql(planted, f'SELECT * FROM "{cls.query}"')
     assert shown.num_rows == latest.results_.num_rows
     assert set(cls.result_schema.names) <= set(shown.column_names)
 

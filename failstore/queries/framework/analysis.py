@@ -54,7 +54,7 @@ class Analysis:
     ``_compute(store, params)``. An analysis that writes more than one table declares the
     others in ``extra_tables`` (name -> schema) and returns every table's rows by name."""
 
-    name: ClassVar[str] = ""
+    name: ClassVar[str] = ""  # the analysis (in analysis_runs), the CLI command, the query
     result_table: ClassVar[str] = ""
     result_schema: ClassVar[pa.Schema] = pa.schema([])
     # More tables a run writes (e.g. which leaf each image fell in), stamped with run_id too.
@@ -67,6 +67,8 @@ class Analysis:
     run_key: ClassVar[tuple[str, ...]] = ()
     # The CLI command (``failstore <command>``); the name unless set.
     command: ClassVar[str] = ""
+    # The stored query that shows the latest run's result rows; the name unless set.
+    query: ClassVar[str] = ""
 
     results_: pa.Table
     run_id_: str
@@ -78,6 +80,8 @@ class Analysis:
         if cls.name:
             if not cls.__dict__.get("command"):
                 cls.command = cls.name
+            if not cls.__dict__.get("query"):
+                cls.query = cls.name
             _register(cls)
 
     @classmethod
