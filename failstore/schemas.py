@@ -35,6 +35,14 @@ IMAGE_BASE_FIELDS: list[pa.Field] = [
 ]
 IMAGE_BASE_NAMES = [f.name for f in IMAGE_BASE_FIELDS]
 
+# The file an images row was read from, as fstat saw it then (null when its mtime was too
+# recent to trust, and in stores from before these columns): a rerun does not read a file
+# whose uri, size and mtime match a row. Added to older stores by their next ingest.
+FILE_FIELDS: list[pa.Field] = [
+    pa.field("stat_size", pa.int64()),  # bytes
+    pa.field("stat_mtime_ns", pa.int64()),  # st_mtime_ns: nanoseconds since the Unix epoch
+]
+
 # Model-dependent image columns: (name, kind). Kind "vector" gets the model's width.
 CLIP_COLUMNS = ("clip_model", "clip_embedding", "tag_scores", "tags")
 ROBUST_COLUMNS = ("robust_model", "robust_features")

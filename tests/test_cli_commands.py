@@ -62,7 +62,8 @@ def test_missing_torchvision_weights_name_the_expected_file(tmp_path, colour_fol
     )
     assert r.returncode == 1
     assert str(tmp_path / "th" / "hub" / "checkpoints") in r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1
+    loading, *errors = r.stderr.strip().splitlines()  # the progress line, then a one-line error
+    assert loading == "loading models: torchvision:resnet18 (target)..." and len(errors) == 1
     assert not (tmp_path / "s").exists()
 
 

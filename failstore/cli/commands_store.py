@@ -118,12 +118,25 @@ def ingest(
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or mps.")] = "cpu",
     strict: Annotated[bool, typer.Option(help="Exit non-zero if any image failed.")] = False,
     limit: Annotated[int | None, typer.Option(help="Only the first N images.")] = None,
-    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    reread: Annotated[
+        bool,
+        typer.Option(
+            help="Read every file again, even those unchanged since their ingest "
+            "(same path, size and mtime), which a rerun otherwise skips."
+        ),
+    ] = False,
+    progress: Annotated[
+        bool,
+        typer.Option(
+            help="Show progress on stderr: a bar on a terminal, otherwise a line every "
+            "$FAILSTORE_PROGRESS_SECONDS seconds (default 5)."
+        ),
+    ] = True,
 ) -> None:
     """Embed every image with the given models and upsert one row per image.
 
-    Reruns add nothing; a killed run is completed by a rerun. Bad images go to the
-    ingest_errors table and the rest continues.
+    Reruns add nothing, and do not read files unchanged since their ingest; a killed run is
+    completed by a rerun. Bad images go to the ingest_errors table and the rest continues.
 
     Example: failstore --store S ingest photos/ --target efficientnet_lite0
     """
@@ -150,13 +163,13 @@ def ingest(
         device=device,
         strict=strict,
         limit=limit,
+        reread=reread,
     )
 
     def warn(msg: str) -> None:
         print(f"warning: {msg}", file=sys.stderr)
 
-    show = progress and sys.stderr.isatty()
-    report = run(st.store, opts, warn=warn, progress=show)
+    report = run(st.store, opts, warn=warn, progress=progress)
     typer.echo(report.summary())
 
 

@@ -48,12 +48,15 @@ class Buffer:
         self.predictions: list[pa.Table] = []
         self.errors: list[tuple[str, str]] = []
         self.ok_uris: list[str] = []
+        self.stats: list[tuple[str, int, int]] = []  # (image_id, size, mtime_ns) of old rows
 
     @property
     def pending(self) -> int:
-        return sum(
-            t.num_rows for t in self.new_images + self.image_updates + self.predictions
-        ) + len(self.errors)
+        return (
+            sum(t.num_rows for t in self.new_images + self.image_updates + self.predictions)
+            + len(self.errors)
+            + len(self.stats)
+        )
 
     def flush(self, store: Store, image_schema: pa.Schema, known: Known) -> None:
         if self.new_images:
@@ -64,6 +67,12 @@ class Buffer:
             by_columns.setdefault(tuple(upd.column_names), []).append(upd)
         for tables in by_columns.values():
             store.upsert("images", pa.concat_tables(tables), insert=False)
+        if self.stats:  # files touched since, or rows from before the stat columns
+            ids, sizes, mtimes = zip(*self.stats, strict=True)
+            stats = {"image_id": pa.array(ids, pa.string())}
+            stats["stat_size"] = pa.array(sizes, pa.int64())
+            stats["stat_mtime_ns"] = pa.array(mtimes, pa.int64())
+            store.upsert("images", pa.table(stats), insert=False)
         if self.predictions:
             store.upsert(
                 "predictions", pa.concat_tables(self.predictions), schema=schemas.PREDICTIONS_SCHEMA

@@ -17,6 +17,7 @@ import io
 import os
 import re
 import stat
+import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -41,6 +42,7 @@ RESAMPLING = {
 }
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa"})
 _SWAP_ORIENTATIONS = frozenset({5, 6, 7, 8})
+RACY_SECONDS = 2  # a file modified this recently is not recorded as unchanged (see _settled)
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 
@@ -53,6 +55,9 @@ class Decoded:
     arrays: dict[tuple[Any, ...], np.ndarray] = field(default_factory=dict)
     mask_png: bytes | None = None  # PNG, mode L, same size as the image
     error: str | None = None  # one-line reason the image is unusable
+    stat_size: int | None = None  # the file as fstat saw it when read (None: mtime too recent)
+    stat_mtime_ns: int | None = None
+    skipped: bool = False  # not read: unchanged since the store recorded it (pipeline)
 
 
 class BadImage(Exception):
@@ -84,6 +89,11 @@ def _read(path: str, max_bytes: int | None = None) -> bytes:
     FIFOs, devices and sockets are refused without blocking (a FIFO is opened non-blocking and
     checked with fstat, so a named pipe called x.jpg cannot hang the ingest, and a link to
     /dev/zero cannot fill the memory)."""
+    return _read_stat(path, max_bytes)[0]
+
+
+def _read_stat(path: str, max_bytes: int | None = None) -> tuple[bytes, os.stat_result]:
+    """``_read``, and the file's fstat taken before the first byte was read."""
     limit = config.max_file_bytes() if max_bytes is None else max_bytes
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
@@ -114,7 +124,16 @@ def _read(path: str, max_bytes: int | None = None) -> bytes:
         raise BadImage(f"file grew past the limit {limit} bytes while being read")
     if not data:
         raise BadImage("file is empty (0 bytes)")
-    return data
+    return data, st
+
+
+def _settled(st: os.stat_result) -> tuple[int | None, int | None]:
+    """(size, mtime_ns) to record for a rerun's skip check, or (None, None) when the mtime is
+    less than ``RACY_SECONDS`` old: a file rewritten within the same timestamp tick would look
+    unchanged, so such a file is read again next time (as git does for its "racy" entries)."""
+    if time.time_ns() - st.st_mtime_ns < RACY_SECONDS * 1_000_000_000:
+        return None, None
+    return int(st.st_size), int(st.st_mtime_ns)
 
 
 def _kind(mode: int) -> str:
@@ -302,8 +321,9 @@ def decode_one(
     try:
         if item.error:
             raise BadImage(item.error)
-        data = _read(item.uri)
+        data, st = _read_stat(item.uri)
         out.image_id = hashlib.sha256(data).hexdigest()
+        out.stat_size, out.stat_mtime_ns = _settled(st)
         im, bits = _load(data, max_pixels)
         out.width, out.height = im.size
         rgb = to_rgb(im, bits)

@@ -30,6 +30,7 @@ class IngestOptions:
     strict: bool = False
     limit: int | None = None
     commit_every: int = config.DEFAULT_COMMIT_EVERY
+    reread: bool = False  # read every file, even those unchanged since their ingest
 
 
 # option -> the model option it only applies to

@@ -5,17 +5,19 @@ Order of work, so that a broken input never writes anything and a killed run res
 1. open the source (a manifest is validated whole), resolve model specs, read the label map;
 2. load the models (weights are read here: a missing file fails before any write);
 3. read what the store already holds: image ids, which of them have CLIP / robust columns,
-   and which have predictions of this target model;
-4. decode in spawn-started worker processes; for each batch run only the models whose
-   columns are missing; every ``commit_every`` images, upsert ``images`` then ``predictions``
-   then ``ingest_errors`` (each one atomic Lance commit, keyed, so a rerun adds nothing).
+   and which have predictions of this target model; leave out the files whose path, size and
+   mtime match a row that has every requested model (``skip.plan``: they are not even opened);
+4. decode the others in spawn-started worker processes; for each batch run only the models
+   whose columns are missing; every ``commit_every`` images, upsert ``images`` then
+   ``predictions`` then ``ingest_errors`` (each one atomic Lance commit, keyed, so a rerun adds
+   nothing).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,45 +26,15 @@ import pyarrow as pa
 
 from failstore import schemas
 from failstore.errors import IngestError
-from failstore.ingest import preflight, rows
+from failstore.ingest import preflight, rows, skip
 from failstore.ingest.buffer import Buffer, Known
+from failstore.ingest.decode import Decoded
 from failstore.ingest.labels import load_label_map, map_labels, unknown_labels
 from failstore.ingest.options import IngestOptions, check_options
-from failstore.ingest.progress import progress_bar
+from failstore.ingest.progress import Progress, open_progress, progress_seconds, say
+from failstore.ingest.report import IngestReport
 from failstore.models.protocol import ModelAdapter, Preprocess
 from failstore.store import Store, utcnow
-
-
-@dataclass
-class IngestReport:
-    seen: int = 0
-    new_images: int = 0
-    updated_images: int = 0
-    predictions: int = 0
-    errors: int = 0
-    duplicates: int = 0
-    label_conflicts: int = 0  # duplicates whose label differs from the first file's
-    unchanged: int = 0
-    seconds: float = 0.0
-    unknown_labels: list[str] = field(default_factory=list)
-    models: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> int:
-        return self.seen - self.errors
-
-    def summary(self) -> str:
-        rate = self.seen / self.seconds if self.seconds > 0 else 0.0
-        return (
-            f"ingested {self.seen} images in {self.seconds:.1f} s ({rate:.1f} images/s): "
-            f"{self.new_images} new, {self.updated_images} updated, {self.unchanged} unchanged, "
-            f"{self.duplicates} duplicates, {self.predictions} predictions, {self.errors} errors"
-            + (
-                f" ({self.label_conflicts} duplicates with another label: see ingest_errors)"
-                if self.label_conflicts
-                else ""
-            )
-        )
 
 
 def _normalise(arrays: list[np.ndarray], pre: Preprocess, device: str) -> Any:
@@ -87,6 +59,8 @@ def ingest(
 
     warn = warn or (lambda msg: None)
     check_options(opts)
+    if progress:
+        progress_seconds()  # a bad $FAILSTORE_PROGRESS_SECONDS fails before any write
     source = open_source(
         opts.source,
         split=opts.split,
@@ -99,6 +73,9 @@ def ingest(
     adapters = preflight.resolve_models(opts)
     label_map = load_label_map(opts.label_map) if opts.label_map else {}
     preflight.check_device(opts.device)
+    if progress and adapters:
+        names = ", ".join(f"{a.name} ({role})" for role, a in adapters.items())
+        say(f"loading models: {names}...")
     for adapter in adapters.values():
         adapter.load(opts.device)
     records = {role: a.record() for role, a in adapters.items()}
@@ -124,11 +101,18 @@ def ingest(
     now = utcnow()
     preflight.register_models(store, records, label_map, now)
 
+    report.store = str(store.path)
     image_schema = pa.schema(
-        schemas.IMAGE_BASE_FIELDS + list(source.metadata_schema) + model_fields
+        schemas.IMAGE_BASE_FIELDS
+        + schemas.FILE_FIELDS
+        + list(source.metadata_schema)
+        + model_fields
     )
-    store.ensure_columns("images", list(source.metadata_schema) + model_fields)
+    store.ensure_columns(
+        "images", schemas.FILE_FIELDS + list(source.metadata_schema) + model_fields
+    )
     known = Known(store, target.name if target else None)
+    todo = skip.plan(store, items, known, list(adapters), reread=opts.reread)
     thresholds = np.asarray(records["clip"].thresholds, np.float32) if clip else None
 
     prepro = {a.preprocess.key(): a.preprocess for a in adapters.values()}
@@ -147,9 +131,16 @@ def ingest(
         buf,
         report,
     )
-    bar = progress_bar(len(items)) if progress else None
+    bar: Progress | None = None
+    if progress:
+        if todo.skip:
+            say(
+                f"ingest: {len(todo.skip)} of {len(items)} files unchanged since the last "
+                "ingest (same path, size and mtime), not read again"
+            )
+        bar = open_progress(len(items) - len(todo.skip))
     try:
-        _loop(items, prepro, opts, run, store, image_schema, bar)
+        _loop(items, todo, prepro, opts, run, store, image_schema, bar)
     finally:
         if bar is not None:
             bar.close()
@@ -179,12 +170,13 @@ def ingest(
 
 def _loop(
     items: list[Any],
+    todo: skip.Plan,
     prepro: dict[Any, Preprocess],
     opts: IngestOptions,
     run: _Run,
     store: Store,
     image_schema: pa.Schema,
-    bar: Any,
+    bar: Progress | None,
 ) -> None:
     """Decode, batch, encode and commit every ``commit_every`` rows."""
     from failstore.ingest.decode_pool import DecodePool
@@ -193,8 +185,12 @@ def _loop(
     seen: dict[str, tuple[str, str | None]] = {}  # image_id -> (first uri, its label)
     with DecodePool(list(prepro.values()), workers=opts.workers) as pool:
         batch: list[Any] = []
-        for dec in pool.imap(items):
+        for dec in _decoded(items, todo.skip, pool):
             report.seen += 1
+            if dec.skipped:
+                report.skipped += 1
+            else:
+                _note_stats(dec, todo.recorded, buf)
             if dec.error is not None:
                 report.errors += 1
                 buf.errors.append((dec.item.uri, dec.error))
@@ -209,17 +205,42 @@ def _loop(
             else:
                 seen[dec.image_id] = (dec.item.uri, dec.item.label)
                 buf.ok_uris.append(dec.item.uri)
-                batch.append(dec)
+                if dec.skipped:
+                    report.unchanged += 1  # every requested model has it (skip.plan)
+                else:
+                    batch.append(dec)
             if len(batch) >= opts.batch_size:
                 _run_batch(batch, run)
                 batch = []
             if buf.pending >= opts.commit_every:
                 buf.flush(store, image_schema, run.known)
-            if bar is not None:
+            if bar is not None and not dec.skipped:
                 bar.advance()
         if batch:
             _run_batch(batch, run)
         buf.flush(store, image_schema, run.known)
+
+
+def _decoded(items: list[Any], skipped: dict[int, str], pool: Any) -> Iterator[Decoded]:
+    """Every item in order: those in ``skipped`` (index -> image id) as unread placeholders,
+    the others decoded by ``pool``."""
+    results = pool.imap(it for i, it in enumerate(items) if i not in skipped)
+    try:
+        for i, item in enumerate(items):
+            image_id = skipped.get(i)
+            yield Decoded(item, image_id, skipped=True) if image_id else next(results)
+    finally:
+        results.close()
+
+
+def _note_stats(dec: Decoded, recorded: skip.Recorded, buf: Buffer) -> None:
+    """Queue new ``stat_*`` values for the row of a file read again (touched, or a row from
+    before the stat columns), so that the next rerun can skip it."""
+    key = (dec.item.uri, dec.image_id or "")
+    now = (dec.stat_size, dec.stat_mtime_ns)
+    if dec.error is None and key in recorded and recorded[key] != now and now[0] is not None:
+        recorded[key] = now
+        buf.stats.append((key[1], int(now[0]), int(dec.stat_mtime_ns or 0)))
 
 
 def _conflict(first_uri: str, first_label: str | None, dec: Any) -> str:

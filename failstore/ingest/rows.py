@@ -35,7 +35,7 @@ def boxes_value(boxes: Sequence[tuple[Any, ...]] | None) -> list[dict[str, Any]]
 
 
 def image_base_table(decoded: Sequence[Any], metadata_schema: pa.Schema, now: datetime) -> pa.Table:
-    """Base and metadata columns of new ``images`` rows."""
+    """Base, file (``stat_*``) and metadata columns of new ``images`` rows."""
     cols: dict[str, pa.Array] = {
         "image_id": pa.array([d.image_id for d in decoded], pa.string()),
         "uri": pa.array([d.item.uri for d in decoded], pa.string()),
@@ -46,6 +46,8 @@ def image_base_table(decoded: Sequence[Any], metadata_schema: pa.Schema, now: da
         "boxes": pa.array([boxes_value(d.item.boxes) for d in decoded], pa.list_(schemas.BOX_TYPE)),
         "mask": pa.array([d.mask_png for d in decoded], pa.binary()),
         "ingested_at": pa.array([now] * len(decoded), pa.timestamp("us", tz="UTC")),
+        "stat_size": pa.array([d.stat_size for d in decoded], pa.int64()),
+        "stat_mtime_ns": pa.array([d.stat_mtime_ns for d in decoded], pa.int64()),
     }
     for field in metadata_schema:
         cols[field.name] = pa.array(

@@ -29,6 +29,7 @@ RESERVED_COLUMNS = frozenset(
     {
         *("image_id", "uri", "split", "label", "width", "height", "boxes", "mask", "ingested_at"),
         *("clip_model", "clip_embedding", "tag_scores", "tags", "robust_model", "robust_features"),
+        *("stat_size", "stat_mtime_ns"),
     }
 )
 BOX_COLUMNS = ("x0", "y0", "x1", "y1")
