@@ -21,6 +21,7 @@ from failstore.queries.sql.stored import (
     parse_sql_file,
 )
 from failstore.schemas import (
+    FILE_FIELDS,
     IMAGE_BASE_FIELDS,
     PREDICTIONS_SCHEMA,
     SAVED_QUERIES_SCHEMA,
@@ -338,7 +339,8 @@ def test_samples_columns_with_all_model_columns(engine: SqlEngine) -> None:
 
 
 def test_samples_without_model_columns(tmp_path: Path) -> None:
-    bare = pa.schema([*IMAGE_BASE_FIELDS, pa.field("attr_background", pa.string())])
+    # the file stat columns ingest records are bookkeeping, not something to browse
+    bare = pa.schema([*IMAGE_BASE_FIELDS, *FILE_FIELDS, pa.field("attr_background", pa.string())])
     engine = write_world(tmp_path, bare)
     out = engine.execute("SELECT * FROM samples ORDER BY model, image_id LIMIT 2")
     assert out.schema.names == [
