@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import logging
+import subprocess
+from pathlib import Path
+
 import pyarrow as pa
 import pytest
 import sqlglot
-from hostile_sql import CASES, SCHEMAS, Case, known_text
+from hostile_sql import CASES, SCHEMAS, Case, failstore_command, known_text, make_store
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlglot import exp
 
-from failstore.errors import SqlRefused
+from failstore.errors import SqlError, SqlRefused
 from failstore.queries.sql.guard import guard, guard_query
 from failstore.queries.sql.stored import Param, StoredQuery, builtin_queries
 from failstore.schemas import (
@@ -48,7 +54,7 @@ def test_hostile_queries_are_refused_with_their_exact_message(case: Case) -> Non
 def test_the_hostile_fixture_holds_every_case() -> None:
     # The fixture's test store has the same tables as TABLES here, so {KNOWN} is the same.
     assert set(SCHEMAS) == set(TABLES) and known_text() == KNOWN
-    assert len(CASES) == 64 and len({c.sql for c in CASES}) == 64
+    assert len(CASES) == 81 and len({c.sql for c in CASES}) == 81
 
 
 @pytest.mark.parametrize("sql", ["", "   ", "\n\t"])
@@ -252,3 +258,129 @@ def test_allowed_queries_pass_unchanged_in_meaning() -> None:
     for sql in ok:
         tree = sqlglot.parse_one(run_guard(sql), read="duckdb")
         assert isinstance(tree, exp.Query), sql
+
+
+# ----------------------------------------------------------------------------- odd input
+
+
+STAGE = "is not allowed: it reads files; read the store's tables, stored queries or CTEs"
+DIALECT_CASES = [
+    ("SELECT $1 FROM @stage", "snowflake", f"stage @stage {STAGE}"),
+    ("SELECT * FROM @stage/path/data.csv", "snowflake", f"stage @stage/path/data.csv {STAGE}"),
+    ("SELECT $1:a FROM @s (FILE_FORMAT => 'f')", "snowflake", f"stage @s {STAGE}"),
+    ("EXEC proc", "tsql", f"EXECUTE is not allowed; {ALLOWED}"),
+    ("EXECUTE sp_executesql N'DROP TABLE images'", "tsql", f"EXECUTE is not allowed; {ALLOWED}"),
+    ("SELECT label FROM images WHERE label =", "tsql", "syntax error near '=' at line 1, "
+     "column 38: something is missing after it (read as tsql SQL)"),
+    ("SELECT [label FROM images", "tsql",
+     "unterminated name starting at line 1, column 8: close it with ] (read as tsql SQL)"),
+    ("SELECT ARRAY_UNION_AGG(tags) FROM images", "snowflake",
+     "the query cannot be translated from snowflake to DuckDB SQL faithfully "
+     "(ARRAY_UNION_AGG is not supported in DuckDB); write that part in DuckDB SQL"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("sql", "dialect", "message"), DIALECT_CASES)
+def test_odd_input_in_other_dialects_is_one_refusal(sql: str, dialect: str, message: str) -> None:
+    """A Snowflake stage, T-SQL EXEC, syntax errors and constructs with no DuckDB form: one
+    line each (the fixture's cases are all DuckDB SQL)."""
+    assert refusal(sql, dialect=dialect) == message
+
+
+def test_sqlglot_logs_nothing_while_guarding(caplog: pytest.LogCaptureFixture) -> None:
+    """sqlglot's warnings ("Unsupported Execute syntax", Command fallbacks) would be a second
+    stderr line next to the refusal."""
+    caplog.set_level(logging.DEBUG, logger="sqlglot")
+    for sql, dialect in [("EXEC proc", "tsql"), ("GET @s file:///tmp", "snowflake"),
+                         ("CHECKPOINT", None), ("SELECT ARRAY_UNION_AGG(tags) FROM images",
+                                                "snowflake")]:  # fmt: skip
+        with pytest.raises(SqlRefused):
+            run_guard(sql, dialect=dialect)
+    assert caplog.records == []
+    logging.getLogger("sqlglot").warning("still logged outside the guard")
+    assert [r.getMessage() for r in caplog.records] == ["still logged outside the guard"]
+
+
+DIALECTS = ["duckdb", "snowflake", "tsql", "bigquery", "postgres", "mysql", "spark", "oracle"]
+PIECES = [
+    "SELECT", "FROM", "WHERE", "images", "label", "(", ")", "[", "]", "{", "}", "'", '"', "`",
+    "$", "@", "?", ":", "::", ";", ",", ".", "*", "/*", "*/", "--", "\n", "$$", "=", "->", "1",
+    "0x", "E'", "CASE", "END", "JOIN", "WITH", "AS", "EXEC", "@stage", "$1", "UNNEST(tags)",
+]  # fmt: skip
+QUERIES = [
+    "SELECT label, count(*) AS n FROM images GROUP BY label",
+    "SELECT tag FROM images, UNNEST(tags) AS t(tag) WHERE label = 'cat' LIMIT 3",
+    "WITH q AS (SELECT image_id FROM images) SELECT * FROM q",
+    "SELECT [1, 2][1], {'a': 1}, 'x''y', \"label\" FROM images",
+]
+
+
+@st.composite
+def garbled(draw: st.DrawFn) -> str:
+    """A real query with pieces inserted, deleted or cut off, or random pieces and text."""
+    if draw(st.booleans()):
+        return "".join(draw(st.lists(st.sampled_from(PIECES) | st.text(max_size=3), max_size=12)))
+    text = draw(st.sampled_from(QUERIES))
+    for _ in range(draw(st.integers(1, 4))):
+        i = draw(st.integers(0, len(text)))
+        edit = draw(st.sampled_from(["insert", "delete", "cut"]))
+        if edit == "insert":
+            text = text[:i] + draw(st.sampled_from(PIECES)) + text[i:]
+        elif edit == "delete":
+            text = text[:i] + text[i + draw(st.integers(1, 6)) :]
+        else:
+            text = text[:i]
+    return text
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(sql=garbled(), dialect=st.sampled_from(DIALECTS))
+def test_garbled_sql_is_refused_in_one_line(sql: str, dialect: str) -> None:
+    """Whatever sqlglot makes of it, the guard accepts it or raises SqlError with one line in
+    the user's terms: no token or class reprs, no sqlglot bug passed on as such."""
+    try:
+        run_guard(sql, dialect=dialect)
+    except SqlError as e:
+        message = str(e)
+        assert message and "\n" not in message and message == e.one_line()
+        for internal in ("<Token", "<class", "TokenType.", "Traceback", "sqlglot cannot"):
+            assert internal not in message, message
+
+
+def test_odd_input_through_the_cli_is_one_stderr_line(tmp_path: Path) -> None:
+    """The real `failstore` command: exit 1 and exactly one `error:` line on stderr."""
+    store = make_store(tmp_path / "store")
+    for sql, dialect, message in [DIALECT_CASES[0], DIALECT_CASES[3]]:
+        cmd = [*failstore_command(), "--store", str(store.path), "sql", "--dialect", dialect, sql]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        assert (r.returncode, r.stdout, r.stderr) == (1, "", f"error: {message}\n")
+
+
+def test_duckdb_limits_are_one_line_with_a_fix_that_works(tmp_path: Path) -> None:
+    """Past the guard, DuckDB's own messages advise `SET ...`, which the locked connection
+    refuses: the message says what the user can do instead. (Engine messages, tested here
+    with the other odd input.)"""
+    import duckdb
+
+    from failstore.queries.sql.session import run_sql
+
+    store = make_store(tmp_path / "store")
+    with pytest.raises(SqlError) as info:  # a flat but long expression: DuckDB's depth limit
+        run_sql(store, "SELECT " + " + ".join(["width"] * 1500) + " AS x FROM images")
+    assert str(info.value) == (
+        "the query is nested too deeply for DuckDB (over 1,000 levels of operators); split "
+        "the long expression into steps (WITH)"
+    )
+    assert run_sql(store, "SELECT count(*) AS n FROM images").to_pylist() == [{"n": 4}]
+    from failstore.queries.sql.engine import query_failed
+
+    oom = duckdb.OutOfMemoryException(
+        "Out of Memory Error: failed to allocate data of size 16.0 MiB (34.9 MiB/47.6 MiB "
+        "used)\n\nPossible solutions:\n* Reducing the number of threads (SET threads=X)\n"
+        "* Increasing the memory limit (SET memory_limit='...GB')\n\nSee also https://duckdb.org"
+    )
+    assert str(query_failed(oom)) == (
+        "query failed: Out of Memory Error: failed to allocate data of size 16.0 MiB (34.9 "
+        "MiB/47.6 MiB used); aggregate it or add WHERE or LIMIT, or raise the memory limit "
+        "(FAILSTORE_SQL_MEMORY, megabytes)"
+    )

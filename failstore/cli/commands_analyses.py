@@ -30,8 +30,11 @@ def slices(ctx: typer.Context, est: Any, limit: int | None, fmt: Format) -> None
     table = est.results_.select(fields)
     if limit is not None:
         table = table.slice(0, limit)
-    if fmt is Format.table:
+    if fmt is Format.table:  # for reading: the description first, without run constants
         table = table.drop_columns(["grouping", "model"])
+        table = table.select(
+            ["description", *(c for c in table.column_names if c != "description")]
+        )
     emit(table, fmt)
     if est.results_.num_rows == 0:
         typer.echo(f"no failure slices: {why_no_slices(est, store)}", err=True)

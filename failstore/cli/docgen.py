@@ -43,7 +43,9 @@ def render(app: typer.Typer) -> str:
             "```",
             "",
         ]
-    return "\n".join(lines)
+    from failstore.cli.output import TABLE_RULES
+
+    return "\n".join([*lines, TABLE_RULES])
 
 
 def main() -> None:

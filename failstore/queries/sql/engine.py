@@ -33,10 +33,32 @@ DUCKDB_CONFIG = {
 
 
 def duckdb_message(error: BaseException) -> str:
-    """DuckDB's multi-line error -> one line, without the echoed SQL and caret lines."""
-    lines = [line.strip() for line in str(error).splitlines()]
-    kept = [ln for ln in lines if ln and not ln.startswith("LINE ") and set(ln) != {"^"}]
+    """DuckDB's multi-line error -> one line, without the echoed SQL and caret lines, and
+    without its advice to change settings (``SET ...``: the configuration is locked)."""
+    kept = []
+    for line in (ln.strip() for ln in str(error).splitlines()):
+        if line.startswith(("Possible solutions", "See also")):
+            break
+        if line and not line.startswith("LINE ") and set(line) != {"^"}:
+            kept.append(line)
     return " ".join(kept) or type(error).__name__
+
+
+def query_failed(error: BaseException) -> SqlError:
+    """The one-line ``SqlError`` for a DuckDB error, with a fix the user can apply."""
+    text = duckdb_message(error)
+    if "max_expression_depth" in text:
+        return SqlError(
+            "the query is nested too deeply for DuckDB (over 1,000 levels of operators)",
+            hint="split the long expression into steps (WITH)",
+        )
+    if text.startswith("Out of Memory Error"):
+        return SqlError(
+            f"query failed: {text}",
+            hint="aggregate it or add WHERE or LIMIT, or raise the memory limit "
+            f"({config.SQL_MEMORY_ENV}, megabytes)",
+        )
+    return SqlError(f"query failed: {text}")
 
 
 def locked_connection() -> duckdb.DuckDBPyConnection:
@@ -90,7 +112,10 @@ class SqlEngine:
                     raise SqlRefused(f"table {name!r} has no data in this store yet")
                 con.register(name, self.datasets[name]())
                 registered.append(name)
-            statements = con.extract_statements(query.sql)
+            try:
+                statements = con.extract_statements(query.sql)
+            except duckdb.Error as e:
+                raise query_failed(e) from e
             if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
                 raise SqlRefused("the guarded query is not a single SELECT; refusing to run it")
             return self._run(con, query.sql)
@@ -151,6 +176,6 @@ class SqlEngine:
                     f"query ran longer than {self.timeout_s:g} s",
                     hint="narrow it with WHERE or LIMIT, or raise the time limit",
                 ) from e
-            raise SqlError(f"query failed: {duckdb_message(e)}") from e
+            raise query_failed(e) from e
         finally:
             timer.cancel()

@@ -9,19 +9,18 @@ lock-down (no external access, locked configuration) is the second line of defen
 from __future__ import annotations
 
 import difflib
-import logging
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import sqlglot
 from sqlglot import exp
-from sqlglot.errors import SqlglotError
+from sqlglot.errors import ErrorLevel, SqlglotError
 
 from failstore.errors import SqlRefused
 from failstore.queries.sql.columns import at_parameter_hint, check_columns
+from failstore.queries.sql.messages import TOO_DEEP, quiet_sqlglot, refusal, statement_keyword
 from failstore.queries.sql.stored import (
     STORED_PREFIX,
     default_literal,
@@ -40,8 +39,11 @@ FORBIDDEN_NODES: tuple[type[exp.Expr], ...] = (
     exp.DDL, exp.DML, exp.Create, exp.Drop, exp.Alter, exp.Command, exp.Copy, exp.Attach,
     exp.Detach, exp.Pragma, exp.Set, exp.Install, exp.Use, exp.Into, exp.Describe, exp.Show,
     exp.Summarize, exp.Transaction, exp.Commit, exp.Rollback, exp.Export, exp.Analyze, exp.Grant,
-    exp.Revoke, exp.Refresh, exp.Cache, exp.Uncache, exp.Kill, exp.LoadData,
+    exp.Revoke, exp.Refresh, exp.Cache, exp.Uncache, exp.Kill, exp.LoadData, exp.Execute,
+    exp.TruncateTable, exp.Put, exp.Get, exp.ListStage, exp.Declare, exp.Comment, exp.Undrop,
 )  # fmt: skip
+# Statement names whose node class is not the keyword.
+STATEMENT_NAMES = {"EXECUTESQL": "EXECUTE", "TRUNCATETABLE": "TRUNCATE", "LISTSTAGE": "LIST"}
 
 # Functions that read files, the environment, settings or secrets, or run SQL text.
 FORBIDDEN_FUNCTION_PREFIXES = (
@@ -65,18 +67,6 @@ class GuardedQuery:
     tables: frozenset[str]  # base tables the query reads
 
 
-@contextmanager
-def _quiet_sqlglot() -> Iterator[None]:
-    """sqlglot logs a warning when it falls back to a Command; we refuse those anyway."""
-    logger = logging.getLogger("sqlglot")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-
-
 def resolve_dialect(dialect: str | None) -> str:
     name = (dialect or "duckdb").strip().lower()
     valid = sorted(d.value for d in sqlglot.dialects.Dialects if d.value)
@@ -90,16 +80,36 @@ def _statement_name(node: exp.Expr) -> str:
         return str(node.this).upper()
     kind = node.args.get("kind")
     name = type(node).__name__.upper()
+    name = STATEMENT_NAMES.get(name, name)
     return f"{name} {kind}".upper() if isinstance(kind, str) and kind else name
+
+
+# What sqlglot may raise on input it cannot read (the last four are sqlglot bugs on odd input;
+# the query is refused all the same, in one line).
+SQLGLOT_FAILURES = (SqlglotError, RecursionError, ValueError, TypeError, IndexError, KeyError)
 
 
 def _parse(sql: str, read: str) -> list[exp.Expr]:
     try:
-        with _quiet_sqlglot():
+        with quiet_sqlglot():
             return [s for s in sqlglot.parse(sql, read=read) if s is not None]
-    except SqlglotError as e:
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise SqlRefused(f"cannot parse the query as {read} SQL: {first}") from e
+    except SQLGLOT_FAILURES as e:
+        word = statement_keyword(sql)
+        if word and not isinstance(e, RecursionError):  # e.g. EXPORT DATABASE, beyond sqlglot
+            raise SqlRefused(f"{word} is not allowed; {ALLOWED}") from e
+        raise refusal(e, sql, read) from e
+
+
+def _to_duckdb(tree: exp.Expr, read: str) -> str:
+    """The DuckDB SQL of a tree read in another dialect; refused when sqlglot says a part has
+    no faithful DuckDB form (instead of logging a warning and running something else)."""
+    try:
+        with quiet_sqlglot():
+            return tree.sql(
+                dialect="duckdb", comments=False, unsupported_level=ErrorLevel.IMMEDIATE
+            )
+    except SQLGLOT_FAILURES as e:
+        raise refusal(e, "", read) from e
 
 
 def check_shape(sql: str, dialect: str | None) -> exp.Query:
@@ -111,16 +121,22 @@ def check_shape(sql: str, dialect: str | None) -> exp.Query:
     if len(statements) > 1:
         raise SqlRefused(f"{len(statements)} statements given; {ALLOWED}")
     tree = statements[0]
-    _check_read_only(tree)
-    if read != "duckdb":  # work on what DuckDB will actually run
-        with _quiet_sqlglot():
-            text = tree.sql(dialect="duckdb", comments=False)
-        statements = _parse(text, "duckdb")
-        if len(statements) != 1:
-            raise SqlRefused(f"the query does not translate to one DuckDB query; {ALLOWED}")
-        tree = statements[0]
+    try:
         _check_read_only(tree)
-    _check_functions(tree)
+        _check_sources(tree)
+        if read != "duckdb":  # work on what DuckDB will actually run
+            text = _to_duckdb(tree, read)
+            try:
+                statements = _parse(text, "duckdb")
+            except SqlRefused as e:  # its positions are in the translation, not the query
+                raise SqlRefused(f"the query's DuckDB translation is not valid SQL: {e}") from e
+            if len(statements) != 1:
+                raise SqlRefused(f"the query does not translate to one DuckDB query; {ALLOWED}")
+            tree = statements[0]
+            _check_read_only(tree)
+        _check_functions(tree)
+    except RecursionError as e:
+        raise SqlRefused(TOO_DEEP) from e
     return tree  # type: ignore[return-value]
 
 
@@ -128,7 +144,9 @@ def _check_read_only(tree: exp.Expr) -> None:
     if not isinstance(tree, exp.Query):
         if isinstance(tree, (*FORBIDDEN_NODES, exp.Pivot)):
             raise SqlRefused(f"{_statement_name(tree)} is not allowed; {ALLOWED}")
-        raise SqlRefused(f"{tree.sql('duckdb')[:40]!r} is not a query; {ALLOWED}")
+        with quiet_sqlglot():
+            text = tree.sql("duckdb", unsupported_level=ErrorLevel.IGNORE)
+        raise SqlRefused(f"{text[:40]!r} is not a query; {ALLOWED}")
     for node in tree.walk():
         if isinstance(node, FORBIDDEN_NODES):
             what = "SELECT ... INTO" if isinstance(node, exp.Into) else _statement_name(node)
@@ -158,8 +176,29 @@ def _check_functions(tree: exp.Expr) -> None:
             raise SqlRefused(f"parameter {node.sql('duckdb')} is not supported; use $name")
 
 
+def _check_sources(tree: exp.Expr) -> None:
+    """FROM/JOIN sources that name files in the dialect as written (a Snowflake stage,
+    ``@stage``, reads files; DuckDB would see a placeholder there)."""
+    for table in tree.find_all(exp.Table):
+        if isinstance(table.this, exp.Var) and table.this.name.startswith("@"):
+            raise SqlRefused(
+                f"stage {table.this.name} is not allowed: it reads files; read the store's "
+                "tables, stored queries or CTEs"
+            )
+
+
 def _check_table_function(table: exp.Table) -> None:
     func = table.this
+    if isinstance(func, (exp.Placeholder, exp.Parameter)):
+        raise SqlRefused(
+            f"{func.name or '?'!r} in FROM/JOIN is a parameter or a stage, not a table; "
+            "read the store's tables, stored queries or CTEs"
+        )
+    if not isinstance(func, exp.Func):
+        raise SqlRefused(
+            f"{func.sql('duckdb')[:40]!r} in FROM/JOIN is not a table; read the store's "
+            "tables, stored queries or CTEs"
+        )
     if isinstance(func, (exp.Unnest, exp.Explode, exp.GenerateSeries)):
         return
     names = type(func).sql_names() if not isinstance(func, exp.Anonymous) else [func.name]
@@ -307,7 +346,20 @@ def guard_query(
     missing_hint: Callable[[str], str | None] | None = None,
 ) -> GuardedQuery:
     """``guard`` that also reports which base tables the query reads."""
-    params = dict(params or {})
+    try:
+        return _guard_query(sql, tables, stored, dialect, dict(params or {}), missing_hint)
+    except RecursionError as e:  # deeply nested input: sqlglot's tree walks recurse
+        raise SqlRefused(TOO_DEEP) from e
+
+
+def _guard_query(
+    sql: str,
+    tables: Mapping[str, pa.Schema],
+    stored: Mapping[str, StoredQuery],
+    dialect: str | None,
+    params: dict[str, str],
+    missing_hint: Callable[[str], str | None] | None,
+) -> GuardedQuery:
     tree = check_shape(sql, dialect)
     top_level = placeholder_names(tree)
     expander = _Expander(tables, stored, params, missing_hint)
@@ -325,7 +377,7 @@ def guard_query(
         check_columns(tree, tables)
     except SqlRefused as e:
         raise at_parameter_hint(e, sql) from e.__cause__
-    with _quiet_sqlglot():
+    with quiet_sqlglot():
         text = tree.sql(dialect="duckdb", comments=False)
     return GuardedQuery(text, frozenset(expander.used_tables))
 
