@@ -29,18 +29,11 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 from failstore import config
 from failstore.errors import ConfigError
 from failstore.ingest.sources import SourceItem
+from failstore.models import pixels
+from failstore.models.pixels import RESAMPLING, center_crop, declared_bits, resize_shorter
 from failstore.models.protocol import Preprocess
 
 DEFAULT_MAX_PIXELS = 89_478_485  # PIL's own default Image.MAX_IMAGE_PIXELS
-RESAMPLING = {
-    "nearest": Image.Resampling.NEAREST,
-    "bilinear": Image.Resampling.BILINEAR,
-    "bicubic": Image.Resampling.BICUBIC,
-    "lanczos": Image.Resampling.LANCZOS,
-    "box": Image.Resampling.BOX,
-    "hamming": Image.Resampling.HAMMING,
-}
-_ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa"})
 _SWAP_ORIENTATIONS = frozenset({5, 6, 7, 8})
 RACY_SECONDS = 2  # a file modified this recently is not recorded as unchanged (see _settled)
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -179,83 +172,20 @@ def _load(data: bytes, max_pixels: int) -> tuple[Image.Image, int | None]:
             im.load()
         except Exception as e:
             raise BadImage(f"truncated or corrupt image data: {one_line(e)}") from None
-    bits = _declared_bits(im)
+    bits = declared_bits(im)
     try:
         return ImageOps.exif_transpose(im), bits
     except Exception:  # a broken EXIF block does not make the pixels unusable
         return im, bits
 
 
-def _declared_bits(im: Image.Image) -> int | None:
-    tag = getattr(im, "tag_v2", None)  # TIFF BitsPerSample
-    if tag is not None and 258 in tag:
-        v = tag[258]
-        bits = v[0] if isinstance(v, tuple) else v
-        if isinstance(bits, int) and 1 <= bits <= 32:
-            return bits
-    if im.mode.startswith("I;16"):
-        return 16
-    return None
-
-
-def _gray_to_u8(arr: np.ndarray, bits: int) -> np.ndarray:
-    scale = 255.0 / (2**bits - 1)
-    return np.clip(np.rint(arr.astype(np.float64) * scale), 0, 255).astype(np.uint8)
-
-
 def to_rgb(im: Image.Image, bits: int | None = None) -> Image.Image:
-    """Convert any PIL mode to 8-bit RGB (see docs/ingest-sources.md for the rules). ``bits``
-    is the declared depth of a 16/32-bit grayscale image (e.g. TIFF BitsPerSample)."""
-    mode = im.mode
-    if mode == "RGB" and "transparency" not in im.info:
-        return im
-    if mode in _ALPHA_MODES or ("transparency" in im.info and mode in ("P", "L", "RGB", "1")):
-        rgba = im.convert("RGBA")
-        white = Image.new("RGBA", im.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
-    if mode.startswith("I;16") or mode == "I":
-        arr = np.asarray(im)
-        if bits is None:  # mode I with no declared depth: the smallest of 16/31 bits that fits
-            bits = 16 if arr.size == 0 or int(arr.max()) <= 65535 else 31
-        bits = min(int(bits), 31)  # mode I is signed 32-bit: 2**31 - 1 is white
-        return Image.fromarray(_gray_to_u8(arr, bits), "L").convert("RGB")
-    if mode == "F":
-        arr = np.nan_to_num(np.asarray(im, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
-        lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
-        if lo >= 0.0 and hi <= 1.0:
-            arr = arr * 255.0
-        elif lo < 0.0 or hi > 255.0:
-            arr = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(arr)
-        u8 = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
-        return Image.fromarray(u8, "L").convert("RGB")
+    """Convert any PIL mode to 8-bit RGB (``failstore.models.pixels.to_rgb``; the rules are in
+    docs/ingest-sources.md); a mode it cannot convert is a ``BadImage``."""
     try:
-        return im.convert("RGB")  # L, 1, P, CMYK, YCbCr, HSV, RGBX, ...
-    except (ValueError, OSError):
-        raise BadImage(f"unsupported image mode {mode}") from None
-
-
-def resize_shorter(im: Image.Image, size: int, resample: int) -> Image.Image:
-    """torchvision ``Resize(size)`` on a PIL image (same output size rounding)."""
-    w, h = im.size
-    short, long = (w, h) if w <= h else (h, w)
-    new_short, new_long = size, int(size * long / short)
-    new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
-    if (new_w, new_h) == (w, h):
-        return im
-    return im.resize((new_w, new_h), resample)
-
-
-def center_crop(arr: np.ndarray, crop: int) -> np.ndarray:
-    """torchvision ``CenterCrop(crop)``: zero-pad if too small, then round-half-even offsets."""
-    h, w = arr.shape[:2]
-    if crop > w or crop > h:
-        pl, pt = max(crop - w, 0) // 2, max(crop - h, 0) // 2
-        pr, pb = (max(crop - w, 0) + 1) // 2, (max(crop - h, 0) + 1) // 2
-        arr = np.pad(arr, ((pt, pb), (pl, pr), (0, 0)))
-        h, w = arr.shape[:2]
-    top = round((h - crop) / 2.0)
-    left = round((w - crop) / 2.0)
-    return np.ascontiguousarray(arr[top : top + crop, left : left + crop])
+        return pixels.to_rgb(im, bits)
+    except pixels.PixelError as e:
+        raise BadImage(str(e)) from None
 
 
 def _arrays(rgb: Image.Image, preprocesses: Sequence[Preprocess]) -> dict[tuple, np.ndarray]:

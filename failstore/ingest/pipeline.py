@@ -38,13 +38,9 @@ from failstore.store import Store, utcnow
 
 
 def _normalise(arrays: list[np.ndarray], pre: Preprocess, device: str) -> Any:
-    import torch
+    from failstore.models.pixels import normalise
 
-    x = torch.from_numpy(np.stack(arrays)).to(device)
-    x = x.permute(0, 3, 1, 2).float().div_(255.0)
-    mean = torch.tensor(pre.mean, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(pre.std, device=device).view(1, 3, 1, 1)
-    return (x - mean) / std
+    return normalise(np.stack(arrays), pre, device)
 
 
 def ingest(

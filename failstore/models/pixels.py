@@ -6,10 +6,10 @@ to 8-bit RGB, torchvision's ``Resize(int)`` + ``CenterCrop``) and returns the cr
 H x W x 3 array; ``normalise`` turns a batch of such crops into the float NCHW tensor the
 models take (``x / 255``, then ``(x - mean) / std``, as the ingest pipeline does).
 
-``to_rgb``, ``resize_shorter``, ``center_crop`` and ``RESAMPLING`` repeat
-``failstore.ingest.decode``'s functions of the same names (this layer cannot import ingest);
-they behave the same, so decode.py can import them from here. torch is imported inside the
-functions that need it.
+``to_rgb``, ``resize_shorter``, ``center_crop``, ``declared_bits`` and ``RESAMPLING`` are the
+ones ingest decodes with (``failstore.ingest.decode`` imports them from here, and the ingest
+pipeline normalises with ``normalise``), so an analysis sees exactly the pixels the model saw
+at ingest. torch is imported inside the functions that need it.
 """
 
 from __future__ import annotations
