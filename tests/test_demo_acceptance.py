@@ -161,3 +161,25 @@ def test_planted_slices_fail_on_test(demo, mode):
             .as_py()
         )
         assert sl >= 0.3 and sl >= 1.5 * whole, f"{p.name}: slice {sl:.2f} vs class {whole:.2f}"
+
+
+@pytest.mark.parametrize("mode", list(PLANTED))
+def test_barlow_explains_each_planted_mode(demo, mode):
+    """Issue 10: for each planted mode a valid leaf of its class whose failures lie >= 60 % in
+    the planted slice and whose description (top 3 tags) names the planted cause. The demo
+    report's Barlow rows are the same computation (depth 2, val)."""
+    by_mode = {f.planted: f for f in demo.barlow}
+    f = by_mode[mode]
+    assert f.found, f"{mode}: no valid Barlow leaf in {f.cls}"
+    assert f.purity is not None and f.purity >= 0.6, f"{mode}: {f.row()}"
+    assert f.names_cause, f"{mode}: description {f.description!r} does not name the cause"
+    # the report's figures recomputed from the stored membership through SQL
+    planted = PLANTED[mode]
+    got = run_sql(
+        Store(demo.store),
+        "SELECT count(*) FILTER (WHERE " + planted.where("i.label") + ") AS inside, "
+        "count(*) AS n FROM barlow_members AS m JOIN images AS i USING (image_id) "
+        "WHERE m.class = $c AND m.leaf = CAST($l AS INTEGER) AND m.failure",
+        params={"c": f.cls, "l": str(f.leaf)},
+    ).to_pylist()[0]
+    assert got["inside"] / got["n"] == pytest.approx(f.purity, abs=1e-12)

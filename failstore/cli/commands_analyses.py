@@ -1,7 +1,9 @@
-"""Analysis commands, built from each analysis's parameter declarations: ``slices``."""
+"""Analysis commands, built from each analysis's parameter declarations: ``slices``,
+``barlow``."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -73,7 +75,99 @@ OUTPUT = [
 ]
 
 
+# Table output: the paper's short names (docs/barlow.md), the description after the rule.
+BARLOW_TABLE = {"class": "class", "valid": "valid", "rule": "rule", "error_rate": "ER",
+                "error_coverage": "EC", "importance": "IV", "base_error_rate": "BER",
+                "aler": "ALER", "description": "description"}  # fmt: skip
+
+
+PicturesOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--pictures",
+        metavar="DIR",
+        help="Also draw each valid leaf's features into DIR: the top images of the group, "
+        "their heatmaps and feature attacks (listed in barlow_tree_pictures).",
+    ),
+]
+DeviceOpt = Annotated[str, typer.Option(help="Torch device for --pictures (cpu, cuda, ...).")]
+TopImagesOpt = Annotated[
+    int, typer.Option(min=1, help="--pictures: most-activating images per feature.")
+]
+AttackStepsOpt = Annotated[
+    int,
+    typer.Option(min=0, help="--pictures: gradient steps of each feature attack (the paper: 500)."),
+]
+
+
+def barlow(
+    ctx: typer.Context,
+    est: Any,
+    limit: int | None,
+    fmt: Format,
+    pictures: Path | None,
+    device: str,
+    top_images: int,
+    attack_steps: int,
+) -> None:
+    """Barlow failure explanations: shallow decision trees over robust features.
+
+    For each class group, the leaves of a depth-1..3 entropy tree over the robust features
+    with the most mutual information with failure; valid leaves (error rate above the base rate
+    + delta, error coverage above tau) first. Results are also stored: query them with
+    `failstore sql "SELECT * FROM barlow_leaves"` (and barlow_members, barlow_classes).
+
+    Example: failstore barlow --class dog --split val --max-depth 2 --pictures barlow-pictures
+    """
+    from failstore.queries.barlow.estimator import LEAVES_SCHEMA
+
+    store = state(ctx).open_store()
+    est.fit(store)
+    if pictures is not None:
+        drawn = est.pictures(store, pictures, top=top_images, steps=attack_steps, device=device)
+        typer.echo(f"pictures: {drawn.num_rows} files under {pictures}", err=True)
+    table = est.results_
+    if fmt is Format.table:
+        table = table.filter(table["leaf"].is_valid()).select(list(BARLOW_TABLE))
+        table = table.rename_columns(list(BARLOW_TABLE.values()))
+    else:
+        table = table.select(LEAVES_SCHEMA.names)
+    if limit is not None:
+        table = table.slice(0, limit)
+    emit(table, fmt)
+    valid = est.results_.filter(est.results_["valid"].fill_null(False))
+    if valid.num_rows == 0:
+        typer.echo(f"no valid leaf: {why_no_leaf(est)}", err=True)
+
+
+def why_no_leaf(est: Any) -> str:
+    """One line on why a run found no valid leaf."""
+    rows = est.results_
+    if rows.num_rows == 0:
+        return "no class group had images with predictions and robust features"
+    statuses = rows["status"].to_pylist()
+    explained = statuses.count("explained")
+    if not explained:
+        counts = {s: statuses.count(s) for s in sorted(set(statuses))}
+        return (
+            "no group could be explained (" + ", ".join(f"{n} {s}" for s, n in counts.items()) + ")"
+        )
+    return (
+        f"{explained} leaf row(s) in the trees, none with error rate > base rate + "
+        f"--delta {est.delta:g} and error coverage > --tau {est.tau:g}; "
+        "try --max-depth 2 or 3, or lower --delta/--tau"
+    )
+
+
 def register(app: typer.Typer) -> None:
+    from failstore.queries.barlow.estimator import Barlow
     from failstore.queries.slices.estimator import Slices
 
     app.command("slices")(analysis_command(Slices, slices, OUTPUT))
+    pictures = [
+        extra_option("pictures", PicturesOpt, None),
+        extra_option("device", DeviceOpt, "cpu"),
+        extra_option("top_images", TopImagesOpt, 5),
+        extra_option("attack_steps", AttackStepsOpt, 500),
+    ]
+    app.command("barlow")(analysis_command(Barlow, barlow, OUTPUT + pictures))

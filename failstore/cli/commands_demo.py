@@ -75,12 +75,29 @@ def print_report(result: Any) -> None:
                 holds,
             )
         con.print(t)
+    _barlow_table(con, result.barlow)
     con.print("see the images:")
     for f in result.findings:
         con.print(f'  failstore --store {store} sql "{f.sql}"', soft_wrap=True)
     con.print(
         f"next: failstore --store {store} slices --split val --eval-split test", soft_wrap=True
     )
+
+
+def _barlow_table(con: Any, findings: list[Any]) -> None:
+    from rich.table import Table
+
+    t = Table(title="planted failure modes vs. Barlow leaves (robust features, val, depth 2)")
+    for col in ("planted mode", "best valid leaf", "ER", "EC", "description",
+                "leaf failures in mode", "mode failures in leaf", "explains"):  # fmt: skip
+        t.add_column(col)
+    for f in findings:
+        leaf = f"{f.cls}: {f.rule}" if f.found else "no valid leaf"
+        t.add_row(
+            f.planted, leaf, _pct(f.error_rate), _pct(f.error_coverage), f.description or "-",
+            _pct(f.purity), _pct(f.recall), "yes" if f.explains else "no",
+        )  # fmt: skip
+    con.print(t)
 
 
 def demo(

@@ -39,6 +39,7 @@ class DemoResult:
     findings: list[Any]
     findings_attr: list[Any]
     tag_macro_f1: float
+    barlow: list[Any] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -52,6 +53,7 @@ class DemoResult:
             "tag_macro_f1": self.tag_macro_f1,
             "findings": [f.row() for f in self.findings],
             "findings_attributes": [f.row() for f in self.findings_attr],
+            "barlow": [f.row() for f in self.barlow],
             "seconds": self.seconds,
         }
 
@@ -150,6 +152,7 @@ def run_demo(
     findings = _slices_findings(store, planted, tags_from=None)
     attrs = sorted({a for p in planted for a, _, _ in p.conditions})
     findings_attr = _slices_findings(store, planted, tags_from=attrs)
+    barlow = _barlow_findings(store, planted)
     seconds["analyses"] = time.perf_counter() - t3
     seconds["total"] = time.perf_counter() - t0
     return DemoResult(
@@ -163,6 +166,7 @@ def run_demo(
         findings_attr=findings_attr,
         tag_macro_f1=macro,
         seconds=seconds,
+        barlow=barlow,
     )
 
 
@@ -264,6 +268,13 @@ def _slices_findings(store: Store, planted: list[Any], tags_from: list[str] | No
 
     est = Slices(split=EVAL_SPLIT, eval_split=HOLDOUT_SPLIT, tags_from=tags_from).fit(store)
     return find(planted, est.results_)
+
+
+def _barlow_findings(store: Store, planted: list[Any]) -> list[Any]:
+    """Barlow on the same split as slices (grouping by label, the paper's defaults)."""
+    from failstore.demo.barlow_findings import barlow_findings
+
+    return barlow_findings(store, planted, EVAL_SPLIT)
 
 
 def dumps(result: DemoResult) -> str:
