@@ -108,6 +108,17 @@ def test_mutual_info_equals_sklearn_random(n, d, rate, decimals, seed, block):
     )
 
 
+@pytest.mark.parametrize("k", [1, 2, 5, 8])
+def test_mutual_info_other_neighbour_counts(k):
+    rng = np.random.default_rng(k)
+    x = np.round(rng.normal(size=(90, 7)), 1)
+    y = rng.integers(0, 3, 90)
+    y[:4] = 2  # a small third class: the brute-force branch for the larger k
+    y[4:] = np.where(y[4:] == 2, 0, y[4:])
+    expected = mutual_info_classif(x, y, discrete_features=False, n_neighbors=k, random_state=0)
+    np.testing.assert_allclose(mutual_info(x, y, n_neighbors=k, block_size=3), expected, atol=1e-9)
+
+
 def test_mutual_info_noise_uses_the_whole_matrix():
     # scikit-learn draws one N x D noise matrix, which breaks ties: with tied values a column's
     # MI depends on its position and on D (and on the seed), and we reproduce that

@@ -212,14 +212,16 @@ def _psi_sum_of_counts(
     b, n = values.shape
     row_start = np.arange(b, dtype=np.int64) * n
     order = np.argsort(values, axis=1)
-    sorted_codes = codes[order].ravel()
+    sorted_codes = np.take(codes, order).ravel()
     order += row_start[:, None]
-    ordered = values.ravel()[order.ravel()]
+    ordered = np.take(values.ravel(), order.ravel())
     total = np.zeros(b, dtype=np.float64)
     for code in np.unique(codes):
         where = np.flatnonzero(sorted_codes == code)  # flat positions, row by row, ascending
         c = where.size // b
-        own = ordered[where].reshape(b, c)  # this label's sorted values, one row per feature
+        own = np.take(ordered, where).reshape(
+            b, c
+        )  # this label's sorted values, one row per feature
         first = np.repeat(row_start - 1, c)  # just before each point's row
         last = first + (n + 1)  # just after it
         k = min(n_neighbors, c - 1)
@@ -243,8 +245,8 @@ def _psi_sum_of_counts(
             at = np.arange(b, dtype=np.int64)[:, None] * (c + 2 * pad) + np.arange(pad, pad + c)
             at_left = at.ravel() - n_left.ravel()
             at_right = at.ravel() + n_right.ravel()
-            in_left, out_left = flat[at_left], flat[at_left - 1]
-            in_right, out_right = flat[at_right], flat[at_right + 1]
+            in_left, out_left = np.take(flat, at_left), np.take(flat, at_left - 1)
+            in_right, out_right = np.take(flat, at_right), np.take(flat, at_right + 1)
             zero = np.flatnonzero(radius == 0)
             out_left[zero] = first[zero]
             out_right[zero] = last[zero]
@@ -252,7 +254,7 @@ def _psi_sum_of_counts(
         lo = _farthest_inside(ordered, point, radius, in_left, out_left, -1)
         hi = _farthest_inside(ordered, point, radius, in_right, out_right, 1)
         m = hi - lo + 1
-        total += psi[m].reshape(b, c).sum(axis=1)
+        total += np.take(psi, m).reshape(b, c).sum(axis=1)
     return total
 
 
@@ -319,15 +321,16 @@ def _farthest_inside(
     todo = np.flatnonzero(gap > 1)
     if todo.size == 0:
         return found
-    span = gap[todo] - 1
-    halvings = _HALVINGS[np.minimum(span, _HALVINGS.size - 1)]
+    span = np.take(gap, todo) - 1
+    halvings = np.take(_HALVINGS, np.minimum(span, _HALVINGS.size - 1))
     wide = np.flatnonzero(span >= _HALVINGS.size)
     halvings[wide] = np.frexp(span[wide].astype(np.float64))[1]
     order = np.argsort(-halvings, kind="stable")
-    todo = todo[order]
-    counts = np.bincount(halvings[order], minlength=64)
+    todo = np.take(todo, order)
+    counts = np.bincount(np.take(halvings, order), minlength=64)
     prefix = np.cumsum(counts[::-1])[::-1]  # prefix[t]: queries needing at least t halvings
-    a, b, v, r = inside[todo], outside[todo], point[todo], radius[todo]
+    a, b = np.take(inside, todo), np.take(outside, todo)
+    v, r = np.take(point, todo), np.take(radius, todo)
     mid = np.empty_like(a)
     probe = np.empty_like(v)
     ok = np.empty(a.shape, dtype=bool)
