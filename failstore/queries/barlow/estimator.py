@@ -41,7 +41,7 @@ from failstore.queries.framework.frames import (
     tag_source,
 )
 from failstore.queries.framework.params import Param
-from failstore.store import Store, literal
+from failstore.store import Store, equals, literal
 
 CONDITION = pa.struct([("feature", pa.int32()), ("op", pa.string()), ("threshold", pa.float64())])
 
@@ -172,7 +172,7 @@ class Barlow(Analysis):
             if wanted and cls not in wanted:
                 continue
             ids = frame["image_id"].take(pa.array(idx))
-            group = _read_group(store, ids, tags_cols)
+            group = _read_group(store, ids, tags_cols, by, cls, params["split"])
             group = _align(group, frame.take(pa.array(idx)))
             features = _matrix(group["robust_features"])
             failure = ~group["correct"].to_numpy(zero_copy_only=False).astype(bool)
@@ -230,10 +230,16 @@ def _describing_columns(store: Store, tags_from: Sequence[str] | None) -> list[s
     return tag_columns(store, tags_from)
 
 
-def _read_group(store: Store, ids: pa.Array, tag_cols: list[str]) -> pa.Table:
-    """One class group's image rows (features, robust model, tag columns), by image id."""
+def _read_group(
+    store: Store, ids: pa.Array, tag_cols: list[str], by: str, cls: str, split: str | None
+) -> pa.Table:
+    """One class group's image rows (features, robust model, tag columns): by label with a
+    filter on the label column (a scan of one small column), by prediction by image id."""
     cols = ["image_id", "robust_model", "robust_features", *tag_cols]
-    flt = f"image_id IN ({', '.join(literal(i) for i in ids.to_pylist())})"
+    if by == "label":
+        flt = equals("label", cls) + ("" if split is None else f" AND {equals('split', split)}")
+    else:
+        flt = f"image_id IN ({', '.join(literal(i) for i in ids.to_pylist())})"
     return store.read("images", cols, filter=flt)
 
 
