@@ -5,10 +5,17 @@ connection (tables are registered per query and unregistered after it), lists th
 queries (built-in, analysis and saved ones) and saves / drops user queries in the store's
 ``saved_queries`` table. ``run_sql(store, query)`` is the one-call form; it reuses one session
 per ``Store`` object.
+
+Teardown: ``SqlSession.close()`` closes the session's DuckDB cursors and connection, and an
+``atexit`` hook closes every session still open, so DuckDB is shut down while the interpreter
+is whole, never by the garbage collection of interpreter finalization (issue 9, see
+docs/reliability.md).
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import math
 import threading
 import weakref
@@ -46,6 +53,7 @@ class SqlSession:
         self.store = store
         self._con: Any = None  # the locked-down database connection
         self._local = threading.local()  # one cursor of it per thread
+        self._cursors: weakref.WeakSet[Any] = weakref.WeakSet()  # every cursor, for close()
 
     # ------------------------------------------------------------------ queries
     def stored_queries(self) -> dict[str, StoredQuery]:
@@ -85,10 +93,26 @@ class SqlSession:
         with _CREATE:
             if self._con is None:
                 self._con = locked_connection()
-        con = getattr(self._local, "con", None)
-        if con is None:
-            con = self._local.con = self._con.cursor()
+                _open(self)
+            con = getattr(self._local, "con", None)
+            if con is None:
+                con = self._local.con = self._con.cursor()
+                self._cursors.add(con)
         return con
+
+    # ------------------------------------------------------------------ teardown
+    def close(self) -> None:
+        """Close the session's DuckDB cursors, then its connection (which stops DuckDB's
+        threads). Idempotent; a later query opens a new connection. Called for every open
+        session at interpreter exit, so DuckDB is never torn down by interpreter finalization."""
+        with _CREATE:
+            con, cursors = self._con, list(self._cursors)
+            self._con, self._local, self._cursors = None, threading.local(), weakref.WeakSet()
+            _OPEN.discard(self)
+        for c in [*cursors, con]:
+            if c is not None:
+                with contextlib.suppress(Exception):  # closed already, or DuckDB failing
+                    c.close()
 
     # ------------------------------------------------------------------ saved queries
     def save_query(self, query: StoredQuery, *, replace: bool = False) -> None:
@@ -206,6 +230,28 @@ def check_timeout(timeout_s: float) -> None:
 
 
 _SESSIONS: weakref.WeakKeyDictionary[Store, SqlSession] = weakref.WeakKeyDictionary()
+_OPEN: weakref.WeakSet[SqlSession] = weakref.WeakSet()  # sessions with a DuckDB connection
+_AT_EXIT: list[bool] = []  # the exit hook is registered once, with the first connection
+
+
+def _open(found: SqlSession) -> None:
+    """Note an open session (``_CREATE`` held); the first one registers the exit hook. Hooks
+    run last-registered first, so this one runs before those of the libraries imported
+    earlier (pyarrow, lance), while every module is still whole."""
+    _OPEN.add(found)
+    if not _AT_EXIT:
+        atexit.register(close_sessions)
+        _AT_EXIT.append(True)
+
+
+def close_sessions() -> None:
+    """Close every open session (the exit hook). Left to interpreter finalization, DuckDB's
+    connections were destroyed while the modules were being torn down (seen with gdb), the
+    teardown order suspected of the SIGABRT at exit in issue 9."""
+    with _CREATE:
+        sessions = list(_OPEN)
+    for found in sessions:
+        found.close()
 
 
 def session(store: Store) -> SqlSession:
