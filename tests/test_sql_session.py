@@ -93,3 +93,22 @@ def test_cli_row_cap_is_one_line(store):
     assert r.returncode == 1 and r.stdout == ""
     assert r.stderr.startswith("error: the result has more than 10 rows")
     assert r.stderr.count("\n") == 1
+
+
+def test_a_session_does_not_keep_its_store_alive(tmp_path):
+    """Each Store used for SQL gets a session with a DuckDB connection (and its threads); when
+    the Store goes, so must they (before: five stores kept five live databases)."""
+    import gc
+    import weakref
+
+    from failstore.queries.sql.session import run_sql, session
+    from failstore.store import Store
+
+    refs = []
+    for k in range(3):
+        store = Store.init(tmp_path / f"s{k}")
+        assert run_sql(store, "SELECT 41 + 1 AS n").column("n")[0].as_py() == 42
+        refs.append((weakref.ref(store), weakref.ref(session(store))))
+        del store
+    gc.collect()
+    assert [(s(), q()) for s, q in refs] == [(None, None)] * 3

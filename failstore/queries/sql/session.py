@@ -229,7 +229,11 @@ def check_timeout(timeout_s: float) -> None:
         )
 
 
-_SESSIONS: weakref.WeakKeyDictionary[Store, SqlSession] = weakref.WeakKeyDictionary()
+# A Store's session lives on the Store (attribute ``_sql_session``): the Store and its session
+# then live and die together (a cycle the garbage collector frees), so a Store that is gone
+# takes its DuckDB connection and threads with it. A global map from Store to session would
+# keep every Store alive: its value refers to its key.
+_ATTR = "_sql_session"
 _OPEN: weakref.WeakSet[SqlSession] = weakref.WeakSet()  # sessions with a DuckDB connection
 _AT_EXIT: list[bool] = []  # the exit hook is registered once, with the first connection
 
@@ -257,9 +261,10 @@ def close_sessions() -> None:
 def session(store: Store) -> SqlSession:
     """The store's SQL session (one per ``Store`` object, so its connection is reused)."""
     with _CREATE:
-        found = _SESSIONS.get(store)
+        found = getattr(store, _ATTR, None)
         if found is None:
-            found = _SESSIONS[store] = SqlSession(store)
+            found = SqlSession(store)
+            setattr(store, _ATTR, found)
         return found
 
 
