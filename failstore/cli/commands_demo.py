@@ -87,9 +87,13 @@ def print_report(result: Any) -> None:
 def _barlow_table(con: Any, findings: list[Any]) -> None:
     from rich.table import Table
 
-    t = Table(title="planted failure modes vs. Barlow leaves (robust features, val, depth 2)")
-    for col in ("planted mode", "best valid leaf", "ER", "EC", "description",
-                "leaf failures in mode", "mode failures in leaf", "explains"):  # fmt: skip
+    t = Table(
+        title="planted failure modes vs. Barlow leaves (robust features, val, depth 2; "
+        "purity: share of the leaf's failures in the mode, recall: share of the mode's "
+        "failures in the leaf)"
+    )
+    for col in ("planted mode", "best valid leaf", "ER", "EC", "description", "purity",
+                "recall", "explains"):  # fmt: skip
         t.add_column(col)
     for f in findings:
         leaf = f"{f.cls}: {f.rule}" if f.found else "no valid leaf"
