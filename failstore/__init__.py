@@ -35,7 +35,8 @@ def sql(
 ) -> pa.Table:
     """Run one read-only query over a store (a ``Store`` or its directory), as ``failstore sql``
     does: every table, stored and saved query, ``$name`` parameters, the same limits. Returns a
-    ``pyarrow.Table``: call ``.to_pandas()`` or ``polars.from_arrow(...)`` on it."""
+    ``pyarrow.Table``: call ``.to_pandas()`` (needs pandas: ``pip install "failstore[notebook]"``)
+    or ``polars.from_arrow(...)`` on it."""
     from failstore import config
     from failstore.queries.sql.session import run_sql
     from failstore.store import Store
