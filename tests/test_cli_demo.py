@@ -15,6 +15,7 @@ import pytest
 
 from failstore.cli.app import main
 from failstore.cli.commands_demo import print_report
+from failstore.demo.barlow_findings import LeafFinding
 from failstore.demo.findings import Finding
 from failstore.demo.run import DemoResult, dumps
 from failstore.store import MARKER
@@ -35,6 +36,12 @@ DOGS_CLIP = finding("dogs on snow", "dog", 1, ["small", "snow"], error_rate=0.62
                     class_error_rate=0.2, holds=True, eval_error_rate=0.6)  # fmt: skip
 BIRDS_CLIP = finding("birds on sand", "bird", None, [], size=None, class_error_rate=0.1,
                      sql="SELECT 1")  # fmt: skip
+DOGS_BARLOW = LeafFinding(
+    "dogs on snow", "dog", True, 2, "feature 3 > 0.5", "snow, small", 0.75, 0.5, 0.9, 0.6,
+    True, "SELECT 1",
+)  # fmt: skip
+BIRDS_BARLOW = LeafFinding("birds on sand", "bird", False, None, None, None, None, None, None,
+                           None, False, None)  # fmt: skip
 DOGS_ATTR = finding("dogs on snow", "dog", 2, ["attr_size=small"], error_rate=0.5,
                     class_error_rate=0.2, holds=False, eval_error_rate=0.25)  # fmt: skip
 
@@ -68,6 +75,7 @@ def canned(store: Path = Path("/stores/demo")) -> DemoResult:
         findings_attr=[DOGS_ATTR],
         tag_macro_f1=0.71234,
         seconds={"total": 1.0},
+        barlow=[DOGS_BARLOW, BIRDS_BARLOW],
     )
 
 
@@ -79,6 +87,9 @@ TEXT_LINES = [
     "--robust /m/robust.pt",
     "planted failure modes vs. slices found (CLIP tags; searched on val, checked on test)",
     "planted failure modes vs. slices found (attribute columns; searched on val, checked on test)",
+    "planted failure modes vs. Barlow leaves (robust features, val, depth 2)",
+    "purity: share of the leaf's failures in the mode; recall: share of the mode's failures in "
+    "the leaf; explains: purity >= 0.6 and the description names the cause",
     "see the images:",
     f'  failstore --store /stores/demo sql "{DOG_SQL}"',
     '  failstore --store /stores/demo sql "SELECT 1"',
@@ -91,6 +102,9 @@ TABLE_ROWS = [
     ["birds on sand", "not found", "-", "-", "0.10", "-"],
     HEADER,
     ["dogs on snow", "dog: attr_size=small", "2", "0.50", "0.20", "no"],
+    ["planted mode", "best valid leaf", "ER", "EC", "description", "purity", "recall", "explains"],
+    ["dogs on snow", "dog: feature 3 > 0.5", "0.75", "0.50", "snow, small", "0.90", "0.60", "yes"],
+    ["birds on sand", "no valid leaf", "-", "-", "-", "-", "-", "no"],
 ]
 
 

@@ -87,11 +87,7 @@ def print_report(result: Any) -> None:
 def _barlow_table(con: Any, findings: list[Any]) -> None:
     from rich.table import Table
 
-    t = Table(
-        title="planted failure modes vs. Barlow leaves (robust features, val, depth 2; "
-        "purity: share of the leaf's failures in the mode, recall: share of the mode's "
-        "failures in the leaf)"
-    )
+    t = Table(title="planted failure modes vs. Barlow leaves (robust features, val, depth 2)")
     for col in ("planted mode", "best valid leaf", "ER", "EC", "description", "purity",
                 "recall", "explains"):  # fmt: skip
         t.add_column(col)
@@ -102,6 +98,10 @@ def _barlow_table(con: Any, findings: list[Any]) -> None:
             _pct(f.purity), _pct(f.recall), "yes" if f.explains else "no",
         )  # fmt: skip
     con.print(t)
+    con.print(
+        "purity: share of the leaf's failures in the mode; recall: share of the mode's "
+        "failures in the leaf; explains: purity >= 0.6 and the description names the cause"
+    )
 
 
 def demo(

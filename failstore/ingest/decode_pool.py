@@ -189,6 +189,12 @@ class DecodePool:
             return
         processes = list((getattr(executor, "_processes", None) or {}).values())
         executor.shutdown(wait=False, cancel_futures=True)
+        # a worker the executor started while shutting down is joined too
+        try:
+            later = list((getattr(executor, "_processes", None) or {}).values())
+        except RuntimeError:  # the manager thread changed the dict meanwhile
+            later = []
+        processes += [p for p in later if p not in processes]
         deadline = time.monotonic() + self.close_timeout
         for p in processes:
             p.join(max(0.0, deadline - time.monotonic()))
