@@ -463,7 +463,8 @@ def test_closing_an_abandoned_pool_does_not_hang(tmp_path: Path) -> None:
         gen.close()
     assert first.item == items[0]
     assert pool._executor is None
-    assert all(not p.is_alive() for p in processes), [(p.pid, p.is_alive(), p.exitcode, p.name) for p in processes]
+    alive = [(p.pid, p.exitcode, p.name) for p in processes if p.is_alive()]
+    assert not alive, alive
     assert time.monotonic() - start < 30
 
 
