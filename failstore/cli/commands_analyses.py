@@ -1,5 +1,5 @@
 """Analysis commands, built from each analysis's parameter declarations: ``slices``,
-``barlow``."""
+``barlow``, ``concepts``."""
 
 from __future__ import annotations
 
@@ -159,8 +159,35 @@ def why_no_leaf(est: Any) -> str:
     )
 
 
+CONCEPT_TABLE = ["concept", "kept", "val_accuracy", "positives", "negatives", "main_class",
+                 "main_class_share", "reason"]  # fmt: skip
+
+
+def concepts(ctx: typer.Context, est: Any, limit: int | None, fmt: Format) -> None:
+    """Learn a concept bank: a CAV (linear SVM direction) per tag in the target model's bottleneck.
+
+    Each CLIP tag (or --tags-from value) is a concept: images carrying it against as many
+    without it, balanced over classes; kept when its held-out accuracy reaches --min-accuracy.
+    Stored: `failstore sql "SELECT * FROM concept_bank"`.
+
+    Example: failstore concepts --split train --tags-from attr_background,attr_size
+    """
+    from failstore.queries.concepts.bank import BANK_SCHEMA
+
+    store = state(ctx).open_store()
+    est.fit(store)
+    table = est.results_
+    table = table.select(CONCEPT_TABLE if fmt is Format.table else BANK_SCHEMA.names)
+    if limit is not None:
+        table = table.slice(0, limit)
+    emit(table, fmt)
+    kept = sum(est.results_["kept"].to_pylist())
+    typer.echo(f"{kept} of {est.results_.num_rows} concepts kept", err=True)
+
+
 def register(app: typer.Typer) -> None:
     from failstore.queries.barlow.estimator import Barlow
+    from failstore.queries.concepts.bank import ConceptBank
     from failstore.queries.slices.estimator import Slices
 
     app.command("slices")(analysis_command(Slices, slices, OUTPUT))
@@ -171,3 +198,4 @@ def register(app: typer.Typer) -> None:
         extra_option("attack_steps", AttackStepsOpt, 500),
     ]
     app.command("barlow")(analysis_command(Barlow, barlow, OUTPUT + pictures))
+    app.command("concepts")(analysis_command(ConceptBank, concepts, OUTPUT))

@@ -1,3 +1,9 @@
-"""Concepts (Abid & Zou, "Meaningfully Explaining a Model's Mistakes"): a bank of concept
-activation vectors trained on a target model's bottleneck embeddings (``cav.py``), and the
-conceptual explanation scores of misclassified images against it (``ces.py``)."""
+"""Concepts (Abid & Zou, "Meaningfully Explaining a Model's Mistakes"): ``cav`` (concept
+activation vectors: linear SVMs in the target model's bottleneck), ``examples`` (a concept's
+positives and negatives from tags), ``ces`` (conceptual explanation scores through the linear
+head), ``bank`` (``ConceptBank`` over the store) and the stored query ``concept_bank``. See
+docs/concepts.md."""
+
+from failstore.queries.concepts.bank import ConceptBank
+
+__all__ = ["ConceptBank"]

@@ -61,6 +61,7 @@ BANK_PARAMS: tuple[Param, ...] = (
         "The linear SVM's C (the CES reference code's README uses 0.001).",
         kind=float,
         low=1e-8,
+        flag="--svm-c",
     ),
     Param(
         "holdout",
