@@ -185,9 +185,38 @@ def concepts(ctx: typer.Context, est: Any, limit: int | None, fmt: Format) -> No
     typer.echo(f"{kept} of {est.results_.num_rows} concepts kept", err=True)
 
 
+def explain(ctx: typer.Context, est: Any, limit: int | None, fmt: Format) -> None:
+    """Explain mistakes with concepts: conceptual explanation scores (CES) through the head.
+
+    For each label -> prediction set of the selected mistakes, the concepts of the model's
+    concept bank whose direction would most raise (+) or lower (-) the true class's probability.
+    Stored: `failstore sql "SELECT * FROM ces"` (per image: ces_images).
+
+    Example: failstore explain --class dog --split test
+    """
+    from failstore.queries.concepts.explain import SETS_SCHEMA, sentence
+
+    store = state(ctx).open_store()
+    est.fit(store)
+    table = est.results_
+    if fmt is not Format.table:
+        emit(table.select(SETS_SCHEMA.names) if limit is None else table.slice(0, limit), fmt)
+        return
+    rows = table.to_pylist()
+    sets: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        sets.setdefault((r["label"], r["prediction"]), []).append(r)
+    ordered = sorted(sets.values(), key=lambda rs: -rs[0]["images"])
+    for rs in ordered[:limit] if limit is not None else ordered:
+        typer.echo(sentence(sorted(rs, key=lambda r: r["rank"]), int(est.top)))
+    if not rows:
+        typer.echo("no mistakes to explain in the selection", err=True)
+
+
 def register(app: typer.Typer) -> None:
     from failstore.queries.barlow.estimator import Barlow
     from failstore.queries.concepts.bank import ConceptBank
+    from failstore.queries.concepts.explain import Explain
     from failstore.queries.slices.estimator import Slices
 
     app.command("slices")(analysis_command(Slices, slices, OUTPUT))
@@ -199,3 +228,4 @@ def register(app: typer.Typer) -> None:
     ]
     app.command("barlow")(analysis_command(Barlow, barlow, OUTPUT + pictures))
     app.command("concepts")(analysis_command(ConceptBank, concepts, OUTPUT))
+    app.command("explain")(analysis_command(Explain, explain, OUTPUT))

@@ -1,0 +1,235 @@
+"""``Explain``: conceptual explanation scores (CES) of a target model's mistakes, over the store.
+
+The concepts are the kept CAVs of the model's concept bank (``ConceptBank`` with the same
+``tags_from``, fitted or reused); the head is the model's ``models`` row (W, b); the images are
+the model's mistakes, all of them or those selected by ``image``, ``classes``, ``split`` or a
+``where`` condition over the stored query ``samples``. Scores come from
+:func:`failstore.queries.concepts.ces.ces_scores`. A set is the mistakes of one (label,
+prediction) pair: its scores are summed over its images and normalised, and ranked. A run writes
+one row per (set, concept) to ``ces_sets`` and one per (image, concept) to ``ces_images``; the
+stored query ``ces`` shows the latest explanation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from failstore.errors import ConfigError, StoreError
+from failstore.queries.concepts.bank import ConceptBank, bottleneck
+from failstore.queries.concepts.ces import CES_PARAMS, ces_scores, default_delta, normalise, rank
+from failstore.queries.framework.analysis import Analysis
+from failstore.queries.framework.frames import check_known, default_model, tag_source
+from failstore.queries.framework.params import Param
+from failstore.store import Store, equals, literal
+
+SETS_SCHEMA = pa.schema(
+    [
+        pa.field("model", pa.string()),
+        pa.field("tag_source", pa.string()),
+        pa.field("label", pa.string()),
+        pa.field("prediction", pa.string()),
+        pa.field("images", pa.int64()),
+        pa.field("concept", pa.string()),
+        pa.field("score", pa.float64()),
+        pa.field("raw", pa.float64()),
+        pa.field("rank", pa.int32()),
+        pa.field("tied", pa.bool_()),
+        pa.field("delta", pa.float64()),
+        pa.field("mode", pa.string()),
+    ]
+)
+IMAGES_SCHEMA = pa.schema(
+    [
+        pa.field("model", pa.string()),
+        pa.field("image_id", pa.string()),
+        pa.field("label", pa.string()),
+        pa.field("prediction", pa.string()),
+        pa.field("concept", pa.string()),
+        pa.field("score", pa.float64()),
+        pa.field("rank", pa.int32()),
+    ]
+)
+
+
+class Explain(Analysis):
+    """CES of a model's mistakes. Parameters mirror ``failstore explain``."""
+
+    name = "explain"
+    result_table = "ces_sets"
+    result_schema = SETS_SCHEMA
+    extra_tables = {"ces_images": IMAGES_SCHEMA}  # noqa: RUF012
+    query = "ces"
+    params = (
+        Param("model", None, "Target model (default: the last ingested).", optional=True),
+        Param(
+            "tags_from", None,
+            "Concepts of the bank learnt from these categorical columns (default: CLIP tags).",
+            optional=True, many=True, csv=True,
+        ),
+        Param("image", None, "Explain this one image (its image_id).", optional=True),
+        Param("classes", None, "Only mistakes on this class (repeatable).", optional=True,
+              many=True, flag="--class"),
+        Param("split", None, "Only mistakes in this split.", optional=True),
+        Param("where", None, "Only mistakes matching this SQL condition over `samples`.",
+              optional=True),
+        *CES_PARAMS,
+    )  # fmt: skip
+    run_key = ("model", "tags_from")
+
+    def __init__(
+        self,
+        model: str | None = None,
+        tags_from: Sequence[str] | None = None,
+        image: str | None = None,
+        classes: Sequence[str] | None = None,
+        split: str | None = None,
+        where: str | None = None,
+        delta: float | None = None,
+        mode: str = "step",
+        normalise: str = "max_abs",
+        top: int = 3,
+    ) -> None:
+        self.model = model
+        self.tags_from = tags_from
+        self.image = image
+        self.classes = classes
+        self.split = split
+        self.where = where
+        self.delta = delta
+        self.mode = mode
+        self.normalise = normalise
+        self.top = top
+
+    def _resolve(self, store: Store, params: dict[str, Any]) -> dict[str, Any]:
+        params["model"] = params["model"] or default_model(store)
+        if params["split"] is not None:
+            check_known(store, "split", [params["split"]], "split")
+        if params["classes"]:
+            check_known(store, "label", list(params["classes"]), "classes")
+        return params
+
+    def _compute(self, store: Store, params: dict[str, Any]) -> dict[str, pa.Table]:
+        model = params["model"]
+        bank = ConceptBank(model=model, tags_from=params["tags_from"]).fit(store).results_
+        bank = bank.filter(pc.equal(bank["kept"], True))
+        if bank.num_rows == 0:
+            raise StoreError(
+                f"the concept bank of '{model}' keeps no concept",
+                hint="see `failstore concepts`: lower --min-accuracy there",
+            )
+        names = bank["concept"].to_pylist()
+        directions = np.array(bank["direction"].to_pylist(), dtype=np.float64)
+        weight, bias, class_names = _head(store, model)
+        mistakes = _mistakes(store, model, params)
+        index = {c: k for k, c in enumerate(class_names)}
+        known = [t in index for t in mistakes["target"].to_pylist()]
+        mistakes = mistakes.filter(pa.array(known, pa.bool_()))
+        source = tag_source(params["tags_from"])
+        if mistakes.num_rows == 0:
+            return {self.result_table: SETS_SCHEMA.empty_table(),
+                    "ces_images": IMAGES_SCHEMA.empty_table()}  # fmt: skip
+        emb = bottleneck(store, model, mistakes["image_id"])
+        y = np.array([index[t] for t in mistakes["target"].to_pylist()], dtype=np.int64)
+        delta = params["delta"]
+        if params["mode"] == "step" and delta is None:
+            every = store.read("predictions", ["image_id"], filter=equals("model", model))
+            delta = default_delta(bottleneck(store, model, every["image_id"]))
+        raw = ces_scores(emb, y, weight, bias, directions, delta=delta, mode=params["mode"])
+        labels = mistakes["label"].to_pylist()
+        preds = mistakes["prediction"].to_pylist()
+        set_rows: list[dict[str, Any]] = []
+        for key in sorted(set(zip(labels, preds, strict=True))):
+            rows = [i for i, lp in enumerate(zip(labels, preds, strict=True)) if lp == key]
+            summed = raw[rows].sum(axis=0)
+            scores = normalise(summed, params["normalise"], n_images=len(rows))
+            ranking = rank(scores, top=len(names))
+            tied = set(rank(scores, top=int(params["top"])).tied.tolist())
+            for r, c in enumerate(ranking.order.tolist(), start=1):
+                set_rows.append({
+                    "model": model, "tag_source": source, "label": key[0], "prediction": key[1],
+                    "images": len(rows), "concept": names[c], "score": float(scores[c]),
+                    "raw": float(summed[c]), "rank": r, "tied": c in tied and len(tied) > 1,
+                    "delta": None if params["mode"] != "step" else float(delta),
+                    "mode": params["mode"],
+                })  # fmt: skip
+        order = np.argsort(np.argsort(-np.abs(raw), axis=1, kind="stable"), axis=1) + 1
+        n, c = raw.shape
+        images = pa.table(
+            {
+                "model": pa.array([model] * (n * c), pa.string()),
+                "image_id": np.repeat(np.asarray(mistakes["image_id"].to_pylist(), object), c),
+                "label": np.repeat(np.asarray(labels, object), c),
+                "prediction": np.repeat(np.asarray(preds, object), c),
+                "concept": np.tile(np.asarray(names, object), n),
+                "score": raw.reshape(-1),
+                "rank": order.reshape(-1).astype(np.int32),
+            },
+            schema=IMAGES_SCHEMA,
+        )
+        return {
+            self.result_table: pa.Table.from_pylist(set_rows, schema=SETS_SCHEMA),
+            "ces_images": images,
+        }
+
+
+def _head(store: Store, model: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    rows = store.read(
+        "models", ["head_rows", "head_cols", "head_weight", "head_bias", "class_names"],
+        filter=f"{equals('name', model)} AND role = 'target'",
+    ).to_pylist()  # fmt: skip
+    if not rows or not rows[-1]["head_weight"]:
+        raise StoreError(f"model '{model}' has no linear head in the store",
+                         hint="CES needs a target whose last layer is an nn.Linear")  # fmt: skip
+    r = rows[-1]
+    weight = np.asarray(r["head_weight"], np.float64).reshape(r["head_rows"], r["head_cols"])
+    return weight, np.asarray(r["head_bias"], np.float64), list(r["class_names"] or [])
+
+
+def _mistakes(store: Store, model: str, params: dict[str, Any]) -> pa.Table:
+    """image_id, label, target, prediction of the model's selected mistakes, by image_id."""
+    images = store.read("images", ["image_id", "label", "split"])
+    preds = store.read("predictions", ["image_id", "target", "prediction", "correct"],
+                       filter=equals("model", model))  # fmt: skip
+    pos = pc.index_in(preds["image_id"], value_set=images["image_id"])
+    keep = pc.and_(pc.is_valid(pos), pc.invert(pc.fill_null(preds["correct"], False)))
+    preds, pos = preds.filter(keep), pc.drop_null(pos.filter(keep))
+    table = preds.append_column("label", images["label"].take(pos)).append_column(
+        "split", images["split"].take(pos)
+    )
+    if params["image"]:
+        table = table.filter(pc.equal(table["image_id"], params["image"]))
+        if table.num_rows == 0:
+            raise ConfigError(f"image: {params['image']} is not a mistake of '{model}'",
+                              hint="see `failstore sql \"SELECT image_id FROM samples WHERE "
+                              "NOT correct\"`")  # fmt: skip
+    if params["classes"]:
+        table = table.filter(pc.is_in(table["label"], pa.array(list(params["classes"]))))
+    if params["split"]:
+        table = table.filter(pc.equal(table["split"], params["split"]))
+    if params["where"]:
+        from failstore.queries.sql.session import run_sql
+
+        chosen = run_sql(
+            store,
+            f"SELECT image_id FROM samples WHERE model = {literal(model)} AND ({params['where']})",
+        )["image_id"]
+        table = table.filter(pc.is_in(table["image_id"], chosen.combine_chunks()))
+    order = pc.sort_indices(table, [("image_id", "ascending")])
+    return table.take(order)
+
+
+def sentence(rows: list[dict[str, Any]], top: int) -> str:
+    """ "dog -> cat on 41 images: would be right with more grass (+0.81), less snow (-0.77)" """
+    first = rows[0]
+    parts = [
+        f"{'more' if r['score'] > 0 else 'less'} {r['concept']} ({r['score']:+.2f})"
+        for r in rows[:top]
+    ]
+    n = first["images"]
+    return (f"{first['label']} -> {first['prediction']} on {n} image{'s' if n != 1 else ''}: "
+            f"would be right with {', '.join(parts)}")  # fmt: skip
