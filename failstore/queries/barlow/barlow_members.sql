@@ -5,16 +5,12 @@
 -- param: model = NULL -- only this target model
 -- param: class = NULL -- only this class group
 -- param: leaf = NULL -- only this leaf (its node id)
-WITH latest AS (
-    SELECT l."class", arg_max(l.run_id, r.used_at) AS run_id
-    FROM barlow_tree_leaves AS l
-    JOIN analysis_runs AS r ON r.run_id = l.run_id
-    WHERE r.analysis = 'barlow'
-    GROUP BY l."class", r.run_key
+WITH shown AS (
+    SELECT DISTINCT run_id, "class" FROM barlow_leaves
 )
 SELECT m.*
 FROM barlow_tree_members AS m
-JOIN latest ON latest.run_id = m.run_id AND latest."class" = m."class"
+JOIN shown ON shown.run_id = m.run_id AND shown."class" = m."class"
 WHERE ($model IS NULL OR m.model = $model)
     AND ($class IS NULL OR m."class" = $class)
     AND ($leaf IS NULL OR m.leaf = CAST($leaf AS INTEGER))
