@@ -87,3 +87,14 @@ def test_a_store_option_without_a_value_is_one_usage_error():
     r = _run("sql", "SELECT 1", "--store")
     assert r.returncode == 2
     assert r.stderr.strip() == "Error: Option '--store' requires an argument."
+
+
+def test_a_query_on_a_fresh_store_says_there_are_no_tables_yet(tmp_path):
+    store = tmp_path / "s"
+    assert _run("init", "--store", str(store)).returncode == 0
+    r = _run("sql", "SELECT count(*) FROM images", "--store", str(store))
+    assert r.returncode != 0
+    assert r.stderr == (
+        "error: unknown table 'images': the store has no tables yet; "
+        "run `failstore ingest` first\n"
+    )

@@ -283,6 +283,11 @@ class _Expander:
                 explained = self.missing_hint(name) if self.missing_hint else None
                 if explained:
                     raise SqlRefused(explained)
+                if not self.tables:
+                    raise SqlRefused(
+                        f"unknown table {table.name!r}: the store has no tables yet; "
+                        "run `failstore ingest` first"
+                    )
                 known = [*self.tables.values(), *self.stored]
                 close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
                 hint = f"did you mean {close[0]!r}? " if close else ""
