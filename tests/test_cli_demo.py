@@ -16,6 +16,7 @@ import pytest
 from failstore.cli.app import main
 from failstore.cli.commands_demo import print_report
 from failstore.demo.barlow_findings import LeafFinding
+from failstore.demo.ces_findings import CesFinding
 from failstore.demo.findings import Finding
 from failstore.demo.run import DemoResult, dumps
 from failstore.store import MARKER
@@ -76,6 +77,7 @@ def canned(store: Path = Path("/stores/demo")) -> DemoResult:
         tag_macro_f1=0.71234,
         seconds={"total": 1.0},
         barlow=[DOGS_BARLOW, BIRDS_BARLOW],
+        ces=[CesFinding("dogs on snow", 12, 0.9166, 1.0, 2, 0.25)],
     )
 
 
@@ -90,6 +92,7 @@ TEXT_LINES = [
     "planted failure modes vs. Barlow leaves (robust features, val, depth 2)",
     "purity: share of the leaf's failures in the mode; recall: share of the mode's failures in "
     "the leaf; explains: purity >= 0.6 and the description names the cause",
+    "planted failure modes vs. concept explanations (CES, test mistakes)",
     "see the images:",
     f'  failstore --store /stores/demo sql "{DOG_SQL}"',
     '  failstore --store /stores/demo sql "SELECT 1"',
@@ -105,6 +108,8 @@ TABLE_ROWS = [
     ["planted mode", "best valid leaf", "ER", "EC", "description", "purity", "recall", "explains"],
     ["dogs on snow", "dog: feature 3 > 0.5", "0.75", "0.50", "snow, small", "0.90", "0.60", "yes"],
     ["birds on sand", "no valid leaf", "-", "-", "-", "-", "-", "no"],
+    ["planted mode", "mistakes", "top 3 name the cause", "sets of 5", "random concepts"],
+    ["dogs on snow", "12", "0.92", "1.00", "0.25"],
 ]
 
 

@@ -76,6 +76,7 @@ def print_report(result: Any) -> None:
             )
         con.print(t)
     _barlow_table(con, result.barlow)
+    _ces_table(con, result.ces)
     con.print("see the images:")
     for f in result.findings:
         con.print(f'  failstore --store {store} sql "{f.sql}"', soft_wrap=True)
@@ -102,6 +103,18 @@ def _barlow_table(con: Any, findings: list[Any]) -> None:
         "purity: share of the leaf's failures in the mode; recall: share of the mode's "
         "failures in the leaf; explains: purity >= 0.6 and the description names the cause"
     )
+
+
+def _ces_table(con: Any, findings: list[Any]) -> None:
+    from rich.table import Table
+
+    t = Table(title="planted failure modes vs. concept explanations (CES, test mistakes)")
+    for col in ("planted mode", "mistakes", "top 3 name the cause", "sets of 5",
+                "random concepts"):  # fmt: skip
+        t.add_column(col)
+    for f in findings:
+        t.add_row(f.planted, str(f.images), _pct(f.singles), _pct(f.sets), _pct(f.control))
+    con.print(t)
 
 
 def demo(

@@ -40,6 +40,7 @@ class DemoResult:
     findings_attr: list[Any]
     tag_macro_f1: float
     barlow: list[Any] = field(default_factory=list)
+    ces: list[Any] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -54,6 +55,7 @@ class DemoResult:
             "findings": [f.row() for f in self.findings],
             "findings_attributes": [f.row() for f in self.findings_attr],
             "barlow": [f.row() for f in self.barlow],
+            "ces": [f.row() for f in self.ces],
             "seconds": self.seconds,
         }
 
@@ -153,6 +155,7 @@ def run_demo(
     attrs = sorted({a for p in planted for a, _, _ in p.conditions})
     findings_attr = _slices_findings(store, planted, tags_from=attrs)
     barlow = _barlow_findings(store, planted)
+    ces = _ces_findings(store, planted)
     seconds["analyses"] = time.perf_counter() - t3
     seconds["total"] = time.perf_counter() - t0
     return DemoResult(
@@ -167,6 +170,7 @@ def run_demo(
         tag_macro_f1=macro,
         seconds=seconds,
         barlow=barlow,
+        ces=ces,
     )
 
 
@@ -275,6 +279,13 @@ def _barlow_findings(store: Store, planted: list[Any]) -> list[Any]:
     from failstore.demo.barlow_findings import barlow_findings
 
     return barlow_findings(store, planted, EVAL_SPLIT)
+
+
+def _ces_findings(store: Store, planted: list[Any]) -> list[Any]:
+    """CES of the test split's mistakes with the tagger's concept bank (docs/explain.md)."""
+    from failstore.demo.ces_findings import ces_findings
+
+    return ces_findings(store, planted, HOLDOUT_SPLIT)
 
 
 def dumps(result: DemoResult) -> str:
