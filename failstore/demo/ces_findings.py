@@ -58,15 +58,14 @@ def ces_findings(
 
     est = Explain(split=split).fit(store)
     rows = est.read_table(store, "ces_images", ["image_id", "concept", "score"])
-    ids = np.asarray(rows["image_id"].to_pylist(), dtype=object)
-    concepts = np.asarray(rows["concept"].to_pylist(), dtype=object)
-    scores = rows["score"].to_numpy()
-    names = sorted(set(concepts.tolist()))
-    per_image: dict[str, np.ndarray] = {}
-    for image in dict.fromkeys(ids.tolist()):
-        mask = ids == image
-        by_name = dict(zip(concepts[mask].tolist(), scores[mask].tolist(), strict=True))
-        per_image[image] = np.array([by_name[n] for n in names])
+    concepts = rows["concept"].to_pylist()
+    names = sorted(set(concepts))
+    column = {n: k for k, n in enumerate(names)}
+    per_image: dict[str, np.ndarray] = {}  # image -> its score per concept, in `names` order
+    for image, concept, score in zip(
+        rows["image_id"].to_pylist(), concepts, rows["score"].to_pylist(), strict=True
+    ):
+        per_image.setdefault(image, np.zeros(len(names)))[column[concept]] = score
     attrs = sorted({a for p in planted for a, _, _ in p.conditions})
     images = store.read("images", ["image_id", "label", *attrs], filter=equals("split", split))
     labels = np.asarray(images["label"].to_pylist(), dtype=object)

@@ -11,7 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -22,6 +21,7 @@ from failstore.queries.barlow.pictures import (
     valid_leaves,
     write_pictures,
 )
+from failstore.queries.framework.frames import robust_matrix
 from failstore.store import Store, equals, literal
 
 PICTURES_TABLE = "barlow_tree_pictures"
@@ -76,13 +76,10 @@ def _groups(est: Any, store: Store, leaves: pa.Table) -> Any:
         images = store.read("images", ["image_id", "uri", "robust_features"], filter=flt)
         order = pc.sort_indices(images, [("image_id", "ascending")])
         images = images.take(order)
-        arr = images["robust_features"].combine_chunks()
-        width = arr.type.list_size
-        features = np.asarray(arr.values.to_numpy(zero_copy_only=False), np.float32)
         yield PictureGroup(
             cls=cls,
             grouping=str(est.by),
-            features=features.reshape(-1, width),
+            features=robust_matrix(images["robust_features"]),
             image_ids=images["image_id"].to_pylist(),
             uris=images["uri"].to_pylist(),
             leaves=drawn,

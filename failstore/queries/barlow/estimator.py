@@ -36,6 +36,7 @@ from failstore.queries.framework.frames import (
     default_model,
     groups,
     load_frame,
+    robust_matrix,
     tag_columns,
     tag_matrix,
     tag_source,
@@ -174,7 +175,7 @@ class Barlow(Analysis):
             ids = frame["image_id"].take(pa.array(idx))
             group = _read_group(store, ids, tags_cols, by, cls, params["split"])
             group = _align(group, frame.take(pa.array(idx)))
-            features = _matrix(group["robust_features"])
+            features = robust_matrix(group["robust_features"])
             failure = ~group["correct"].to_numpy(zero_copy_only=False).astype(bool)
             result = explain_group(features, failure, bp)
             described = _describe(store, group, params["tags_from"], tags_cols, failure, result)
@@ -253,17 +254,6 @@ def _align(group: pa.Table, frame_rows: pa.Table) -> pa.Table:
     for name in ("label", "prediction", "correct"):
         out = out.append_column(name, frame_rows[name])
     return out
-
-
-def _matrix(column: pa.ChunkedArray) -> np.ndarray:
-    """A fixed-size-list float column as an (N, D) float32 matrix (stored column order)."""
-    arr = column.combine_chunks()
-    if arr.null_count:
-        raise StoreError(
-            "some images have no robust features", hint="rerun `failstore ingest --robust MODEL`"
-        )
-    width = arr.type.list_size
-    return np.asarray(arr.values.to_numpy(zero_copy_only=False), np.float32).reshape(-1, width)
 
 
 def _one(column: pa.ChunkedArray) -> str | None:

@@ -133,12 +133,16 @@ class Explain(Analysis):
         if mistakes.num_rows == 0:
             return {self.result_table: SETS_SCHEMA.empty_table(),
                     "ces_images": IMAGES_SCHEMA.empty_table()}  # fmt: skip
-        emb = bottleneck(store, model, mistakes["image_id"])
-        y = np.array([index[t] for t in mistakes["target"].to_pylist()], dtype=np.int64)
         delta = params["delta"]
-        if params["mode"] == "step" and delta is None:
+        if params["mode"] == "step" and delta is None:  # every embedding, read once
             every = store.read("predictions", ["image_id"], filter=equals("model", model))
-            delta = default_delta(bottleneck(store, model, every["image_id"]))
+            all_emb = bottleneck(store, model, every["image_id"])
+            delta = default_delta(all_emb)
+            rows_of = pc.index_in(mistakes["image_id"], value_set=every["image_id"])
+            emb = all_emb[rows_of.to_numpy(zero_copy_only=False)]
+        else:
+            emb = bottleneck(store, model, mistakes["image_id"])
+        y = np.array([index[t] for t in mistakes["target"].to_pylist()], dtype=np.int64)
         raw = ces_scores(emb, y, weight, bias, directions, delta=delta, mode=params["mode"])
         labels = mistakes["label"].to_pylist()
         preds = mistakes["prediction"].to_pylist()

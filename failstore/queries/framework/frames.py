@@ -179,3 +179,15 @@ def tag_matrix(
 def _clip_vocabulary(store: Store) -> list[str]:
     models = store.read("models", ["role", "tags"], filter="role = 'clip'").to_pylist()
     return list(models[-1]["tags"] or []) if models else []
+
+
+def robust_matrix(column: pa.ChunkedArray) -> np.ndarray:
+    """``images.robust_features`` (a fixed-size-list column) as an (N, D) float32 matrix, in
+    stored column order; one line when some image has none."""
+    arr = column.combine_chunks()
+    if arr.null_count:
+        raise StoreError(
+            "some images have no robust features", hint="rerun `failstore ingest --robust MODEL`"
+        )
+    width = arr.type.list_size
+    return np.asarray(arr.values.to_numpy(zero_copy_only=False), np.float32).reshape(-1, width)
