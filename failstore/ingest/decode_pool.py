@@ -188,6 +188,7 @@ class DecodePool:
         if executor is None:
             return
         processes = list((getattr(executor, "_processes", None) or {}).values())
+        manager = getattr(executor, "_executor_manager_thread", None)
         executor.shutdown(wait=False, cancel_futures=True)
         # a worker the executor started while shutting down is joined too
         try:
@@ -205,3 +206,8 @@ class DecodePool:
             if p.is_alive() and hasattr(p, "kill"):
                 p.kill()
                 p.join(5.0)  # SIGKILL cannot be ignored: wait until it is gone (a busy machine)
+        # The executor's manager thread reaps the workers too: a worker it reaped a moment ago
+        # still looks alive here (our waitpid gets ECHILD) until that thread records the exit
+        # code, so wait for it; it ends once its workers are gone.
+        if manager is not None:
+            manager.join(max(1.0, deadline - time.monotonic()))
