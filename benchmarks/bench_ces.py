@@ -10,6 +10,10 @@
 2. The bank: 200 tag concepts over 100,000 images of 1,280-d (target < 60 s):
    ``tag_examples`` (at most 500 positives per concept, as many class-balanced negatives) and
    ``train_cavs`` (hold-out 30 %, C = 0.001).
+3. The store path: ``Explain`` over a store holding 20,000 images (10,000 mistakes) of a
+   1,000-class model with 1,280-d embeddings, 200 concepts from arrays: reading the
+   embeddings, the default delta over all of them, scores, and writing ces_sets and the
+   2,000,000 rows of ces_images.
 
 Synthetic data, made in the child process before the clock starts: embeddings are non-negative
 like pooled ReLU activations (class mean + tag effects + noise, clipped at 0); each tag has a
@@ -165,6 +169,73 @@ def bank_part(n: int, concepts: int, classes: int, m: int, jobs: int, seed: int)
     print(f"  peak RSS: {peak_rss_mib():.0f} MiB")
 
 
+def store_part(n: int, concepts: int, classes: int, m: int, seed: int) -> None:
+    """``Explain`` over a store: n mistakes (of 2n images) x concepts, written to ces_sets and
+    ces_images, with the bank fitted from arrays (so the time is the store path's)."""
+    import tempfile
+
+    import pyarrow as pa
+
+    from failstore import schemas
+    from failstore.queries.concepts import ConceptBank, Explain
+    from failstore.store import Store
+
+    rng = np.random.default_rng(seed)
+    total = 2 * n
+    e, y, _ = synthetic(total, m, classes, 8, seed)
+    w = (rng.normal(size=(classes, m)) * (3.0 / np.sqrt(m))).astype(np.float32)
+    b = rng.normal(scale=0.5, size=classes).astype(np.float32)
+    names = [f"c{k}" for k in range(classes)]
+    wrong = np.arange(total) % 2 == 1
+    pred = np.where(wrong, (y + 1) % classes, y)
+    ids = [f"{i:064x}" for i in range(total)]
+    tmp = tempfile.mkdtemp(prefix="bench_ces_")
+    store = Store.init(f"{tmp}/s")
+    base = pa.schema(schemas.IMAGE_BASE_FIELDS)
+    cols = {f.name: pa.nulls(total, f.type) for f in base}
+    cols.update(image_id=pa.array(ids), uri=pa.array([f"/x/{i}.png" for i in range(total)]),
+                label=pa.array([names[k] for k in y]), split=pa.array(["test"] * total))  # fmt: skip
+    store.upsert("images", pa.table(cols, schema=base), schema=base)
+    emb = pa.ListArray.from_arrays(pa.array(np.arange(total + 1) * m, pa.int32()),
+                                   pa.array(e.reshape(-1)))  # fmt: skip
+    pcols = {f.name: pa.nulls(total, f.type) for f in schemas.PREDICTIONS_SCHEMA}
+    pcols.update(model=pa.array(["m"] * total), image_id=pa.array(ids),
+                 target=pa.array([names[k] for k in y]),
+                 prediction=pa.array([names[k] for k in pred]), correct=pa.array(~wrong),
+                 embedding=emb)  # fmt: skip
+    preds = pa.table(pcols, schema=schemas.PREDICTIONS_SCHEMA)
+    store.upsert("predictions", preds, schema=schemas.PREDICTIONS_SCHEMA)
+    head = {"name": "m", "role": "target", "class_names": names, "embedding_dim": m,
+            "head_rows": classes, "head_cols": m, "head_weight": w.reshape(-1).tolist(),
+            "head_bias": b.tolist()}  # fmt: skip
+    store.upsert("models", pa.Table.from_pylist([head], schema=schemas.MODELS_SCHEMA),
+                 schema=schemas.MODELS_SCHEMA)  # fmt: skip
+    arrays = {}
+    for k in range(concepts):
+        d = rng.normal(size=m).astype(np.float32)
+        arrays[f"concept{k:03d}"] = (rng.normal(size=(60, m)) + d, rng.normal(size=(60, m)))
+    print(
+        f"store path: Explain over {n:,} mistakes (of {total:,} images) x {concepts} concepts, "
+        f"head {classes} x {m}; RSS before {rss_mib():.0f} MiB"
+    )
+    t0 = time.perf_counter()
+    bank = ConceptBank(model="m", min_accuracy=0.0).fit(store, concepts=arrays)
+    t1 = time.perf_counter()
+    est = Explain(model="m").fit(store, bank=bank)
+    t2 = time.perf_counter()
+    rows = store.count("ces_images")
+    print(f"  ConceptBank from arrays ({concepts} SVMs on 60 + 60 examples): {t1 - t0:.2f} s")
+    print(
+        f"  Explain over the store: {t2 - t1:.2f} s ({est.results_.num_rows:,} set rows, "
+        f"{rows:,} ces_images rows; {(t2 - t1) / SCORES_TARGET_S:.2f} of the "
+        f"{SCORES_TARGET_S:.0f} s scores target)"
+    )
+    t3 = time.perf_counter()
+    Explain(model="m").fit(store, bank=bank)
+    print(f"  the same Explain again (the run is reused): {time.perf_counter() - t3:.2f} s")
+    print(f"  peak RSS: {peak_rss_mib():.0f} MiB")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="1,000 x 50 scores, bank 20 over 10k")
@@ -176,7 +247,7 @@ def main() -> None:
     ap.add_argument("--bank-images", type=int, default=100_000)
     ap.add_argument("--bank-concepts", type=int, default=200)
     ap.add_argument("--jobs", type=int, default=1, help="train_cavs threads")
-    ap.add_argument("--only", choices=("scores", "bank"), default=None)
+    ap.add_argument("--only", choices=("scores", "bank", "store"), default=None)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     if args.quick:
@@ -190,6 +261,9 @@ def main() -> None:
     if args.only in (None, "bank"):
         a = (args.bank_images, args.bank_concepts, args.classes, args.dim, args.jobs, args.seed)
         parts.append((bank_part, a))
+    if args.only in (None, "store"):
+        a = (args.images, args.concepts, args.classes, args.dim, args.seed)
+        parts.append((store_part, a))
     for target, part_args in parts:
         child = ctx.Process(target=target, args=part_args)
         child.start()

@@ -168,16 +168,25 @@ def concepts(ctx: typer.Context, est: Any, limit: int | None, fmt: Format) -> No
 
     Each CLIP tag (or --tags-from value) is a concept: images carrying it against as many
     without it, balanced over classes; kept when its held-out accuracy reaches --min-accuracy.
-    Stored: `failstore sql "SELECT * FROM concept_bank"`.
+    Or a concept library: --folder DIR with DIR/<concept>/*.jpg, embedded with the target model
+    (negatives: the other concepts, or --negatives DIR). Stored: `failstore sql "SELECT * FROM
+    concept_bank"`.
 
     Example: failstore concepts --split train --tags-from attr_background,attr_size
+
+    Example: failstore concepts --folder ~/concept-library --negatives ~/random-images
     """
     from failstore.queries.concepts.bank import BANK_SCHEMA
 
     store = state(ctx).open_store()
     est.fit(store)
     table = est.results_
-    table = table.select(CONCEPT_TABLE if fmt is Format.table else BANK_SCHEMA.names)
+    if fmt is Format.table:  # a folder or arrays bank has no classes: no empty columns
+        shown = [c for c in CONCEPT_TABLE if not c.startswith("main_class")
+                 or table[c].null_count < table.num_rows]  # fmt: skip
+        table = table.select(shown)
+    else:
+        table = table.select(BANK_SCHEMA.names)
     if limit is not None:
         table = table.slice(0, limit)
     emit(table, fmt)
@@ -193,6 +202,8 @@ def explain(ctx: typer.Context, est: Any, limit: int | None, fmt: Format) -> Non
     Stored: `failstore sql "SELECT * FROM ces"` (per image: ces_images).
 
     Example: failstore explain --class dog --split test
+
+    Example: failstore explain --slice snow,small --class dog
     """
     from failstore.queries.concepts.explain import SETS_SCHEMA, sentence
 

@@ -94,7 +94,7 @@ def open_source(
     )
 
 
-def _is_image(name: str) -> bool:
+def is_image_name(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
@@ -125,7 +125,7 @@ class ImageFolder(_ListSource):
                 self._skip_loose(self.root / split_name)
             for class_dir in class_dirs:
                 for file in self._walk(class_dir):
-                    uri, error = _storable(file)
+                    uri, error = storable_path(file)
                     item = SourceItem(uri, class_dir.name, split_name or split, None, None)
                     items.append(replace(item, error=error) if error else item)
         if not tops or not any(classes for _, classes in groups):
@@ -151,11 +151,11 @@ class ImageFolder(_ListSource):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             for name in sorted(filenames):
                 full = os.path.join(dirpath, name)
-                (found if _is_image(name) else self.skipped).append(full)
+                (found if is_image_name(name) else self.skipped).append(full)
         return found
 
 
-def _storable(path: str) -> tuple[str, str | None]:
+def storable_path(path: str) -> tuple[str, str | None]:
     """A path the store can hold (UTF-8 text). A name with bytes that are not UTF-8 (Python
     holds them as lone surrogates) gets an escaped URI and an error for ``ingest_errors``."""
     try:

@@ -6,6 +6,9 @@ The tag source (``tag_examples``): the images carrying a tag are its positives (
 by ``sample_negatives`` with the seed and balanced over classes as far as possible, so that the
 SVM does not learn a class instead of the concept. A concept whose positives all belong to one
 class is refused for the same reason: its balanced negatives would teach the SVM that class.
+
+The folder source (``folder_examples``): a concept library's folders, each one concept; the
+negatives come from a negatives folder or, balanced, from the other concepts.
 """
 
 from __future__ import annotations
@@ -177,3 +180,40 @@ def _water_fill(available: np.ndarray, n: int, rng: np.random.Generator) -> np.n
             take[rng.choice(left, size=extra, replace=False)] += 1
         remaining = 0
     return take
+
+
+def folder_examples(
+    groups: Sequence[str | None],
+    names: Sequence[str],
+    *,
+    max_examples: int = 500,
+    seed: int = 0,
+) -> list[ConceptExamples]:
+    """A concept library's examples, one ``ConceptExamples`` per name in ``names``.
+
+    ``groups[i]`` is the concept folder image i came from, or None for an image of the
+    negatives folder. Positives of concept j are its folder's images (at most ``max_examples``,
+    drawn by ``default_rng((seed, j))``). Negatives are as many images of the negatives folder
+    when there is one (drawn at random), otherwise of the other concepts, balanced over them as
+    ``sample_negatives`` balances over classes (so no single other concept becomes "not c").
+    A concept with no possible negatives is refused."""
+    if max_examples < 2:
+        raise InputError(f"max_examples must be >= 2, got {max_examples}")
+    g = np.array(["" if x is None else str(x) for x in groups], dtype=object)
+    from_negatives = np.flatnonzero(g == "")
+    in_concepts = np.flatnonzero(g != "")
+    code = np.unique(g[in_concepts].astype(str), return_inverse=True)[1].reshape(-1)
+    out = []
+    for j, name in enumerate(names):
+        rng = np.random.default_rng((seed, j))
+        pos = cap(np.flatnonzero(g == name), max_examples, rng)
+        if from_negatives.size:
+            neg = cap(from_negatives, pos.size, np.random.default_rng((seed, j)))
+        else:
+            own = g[in_concepts] == name
+            neg = _balanced(in_concepts, code, own, pos.size, np.random.default_rng((seed, j)))
+        refused = None
+        if pos.size and not neg.size:
+            refused = "no negatives: add a --negatives folder or another concept folder"
+        out.append(ConceptExamples(pos, neg, refused))
+    return out

@@ -1,9 +1,11 @@
 """``Explain``: conceptual explanation scores (CES) of a target model's mistakes, over the store.
 
 The concepts are the kept CAVs of the model's concept bank (``ConceptBank`` with the same
-``tags_from``, fitted or reused); the head is the model's ``models`` row (W, b); the images are
-the model's mistakes, all of them or those selected by ``image``, ``classes``, ``split`` or a
-``where`` condition over the stored query ``samples``. Scores come from
+``tags_from`` or ``folder``, fitted or reused; or a fitted bank given to ``fit``); the head is
+the model's ``models`` row (W, b); the images are the model's mistakes, all of them or those
+selected by ``image``, ``classes``, ``split``, ``slice_tags`` (a slice of the latest
+``failstore slices`` run) or a ``where`` condition over the stored query ``samples``
+(:mod:`failstore.queries.concepts.selection`). Scores come from
 :func:`failstore.queries.concepts.ces.ces_scores`. A set is the mistakes of one (label,
 prediction) pair: its scores are summed over its images and normalised, and ranked. A run writes
 one row per (set, concept) to ``ces_sets`` and one per (image, concept) to ``ces_images``; the
@@ -19,13 +21,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from failstore.errors import ConfigError, StoreError
+from failstore.errors import StoreError
 from failstore.queries.concepts.bank import ConceptBank, bottleneck
 from failstore.queries.concepts.ces import CES_PARAMS, ces_scores, default_delta, normalise, rank
+from failstore.queries.concepts.selection import mistakes as select_mistakes
 from failstore.queries.framework.analysis import Analysis
-from failstore.queries.framework.frames import check_known, default_model, tag_source
+from failstore.queries.framework.frames import check_known, default_model
 from failstore.queries.framework.params import Param
-from failstore.store import Store, equals, literal
+from failstore.store import Store, equals
 
 SETS_SCHEMA = pa.schema(
     [
@@ -71,23 +74,33 @@ class Explain(Analysis):
             "Concepts of the bank learnt from these categorical columns (default: CLIP tags).",
             optional=True, many=True, csv=True,
         ),
+        Param("folder", None, "Concepts of the bank learnt from this concept library "
+              "(see `failstore concepts --folder`).", optional=True),
+        Param("negatives", None, "With --folder: the bank's negatives folder.", optional=True),
         Param("image", None, "Explain this one image (its image_id).", optional=True),
         Param("classes", None, "Only mistakes on this class (repeatable).", optional=True,
               many=True, flag="--class"),
         Param("split", None, "Only mistakes in this split.", optional=True),
+        Param("slice_tags", None, "Only mistakes in this slice of the latest `failstore slices` "
+              "run: its tags TAG,TAG,... (with --class if several classes have it).",
+              optional=True, many=True, csv=True, flag="--slice"),
         Param("where", None, "Only mistakes matching this SQL condition over `samples`.",
               optional=True),
         *CES_PARAMS,
     )  # fmt: skip
-    run_key = ("model", "tags_from")
+    derived_params = ("tag_source", "bank_run")
+    run_key = ("model", "tag_source")
 
     def __init__(
         self,
         model: str | None = None,
         tags_from: Sequence[str] | None = None,
+        folder: str | None = None,
+        negatives: str | None = None,
         image: str | None = None,
         classes: Sequence[str] | None = None,
         split: str | None = None,
+        slice_tags: Sequence[str] | None = None,
         where: str | None = None,
         delta: float | None = None,
         mode: str = "step",
@@ -96,14 +109,30 @@ class Explain(Analysis):
     ) -> None:
         self.model = model
         self.tags_from = tags_from
+        self.folder = folder
+        self.negatives = negatives
         self.image = image
         self.classes = classes
         self.split = split
+        self.slice_tags = slice_tags
         self.where = where
         self.delta = delta
         self.mode = mode
         self.normalise = normalise
         self.top = top
+
+    def fit(
+        self, store: Store, bank: ConceptBank | None = None, *, reuse: bool = True
+    ) -> Explain:
+        """Explain (or reuse an identical run). ``bank``: a fitted ``ConceptBank`` to take the
+        concepts from (e.g. one fitted on arrays) instead of the bank of ``tags_from`` or
+        ``folder``."""
+        self._bank = bank
+        try:
+            super().fit(store, reuse=reuse)
+        finally:
+            del self._bank
+        return self
 
     def _resolve(self, store: Store, params: dict[str, Any]) -> dict[str, Any]:
         params["model"] = params["model"] or default_model(store)
@@ -111,11 +140,30 @@ class Explain(Analysis):
             check_known(store, "split", [params["split"]], "split")
         if params["classes"]:
             check_known(store, "label", list(params["classes"]), "classes")
+        given = getattr(self, "_bank", None)
+        if given is not None:
+            if not hasattr(given, "run_id_"):
+                raise StoreError("the bank given to Explain.fit is not fitted",
+                                 hint="call its fit(store) first")  # fmt: skip
+            params["bank_run"] = given.run_id_
+            params["tag_source"] = given.results_["tag_source"][0].as_py() if len(
+                given.results_) else "arrays"
+            return params
+        bank = self._bank_of(params).resolved_params(store)
+        params["bank_run"] = None
+        params["tag_source"] = bank["tag_source"]
+        params["folder"], params["negatives"] = bank["folder"], bank["negatives"]
         return params
+
+    @staticmethod
+    def _bank_of(params: dict[str, Any]) -> ConceptBank:
+        return ConceptBank(model=params["model"], tags_from=params["tags_from"],
+                           folder=params["folder"], negatives=params["negatives"])  # fmt: skip
 
     def _compute(self, store: Store, params: dict[str, Any]) -> dict[str, pa.Table]:
         model = params["model"]
-        bank = ConceptBank(model=model, tags_from=params["tags_from"]).fit(store).results_
+        given = getattr(self, "_bank", None)
+        bank = (given or self._bank_of(params).fit(store)).results_
         bank = bank.filter(pc.equal(bank["kept"], True))
         if bank.num_rows == 0:
             raise StoreError(
@@ -125,11 +173,11 @@ class Explain(Analysis):
         names = bank["concept"].to_pylist()
         directions = np.array(bank["direction"].to_pylist(), dtype=np.float64)
         weight, bias, class_names = _head(store, model)
-        mistakes = _mistakes(store, model, params)
+        mistakes = select_mistakes(store, model, params)
         index = {c: k for k, c in enumerate(class_names)}
         known = [t in index for t in mistakes["target"].to_pylist()]
         mistakes = mistakes.filter(pa.array(known, pa.bool_()))
-        source = tag_source(params["tags_from"])
+        source = params["tag_source"]
         if mistakes.num_rows == 0:
             return {self.result_table: SETS_SCHEMA.empty_table(),
                     "ces_images": IMAGES_SCHEMA.empty_table()}  # fmt: skip
@@ -147,8 +195,11 @@ class Explain(Analysis):
         labels = mistakes["label"].to_pylist()
         preds = mistakes["prediction"].to_pylist()
         set_rows: list[dict[str, Any]] = []
-        for key in sorted(set(zip(labels, preds, strict=True))):
-            rows = [i for i, lp in enumerate(zip(labels, preds, strict=True)) if lp == key]
+        members: dict[tuple[str, str], list[int]] = {}
+        for i, lp in enumerate(zip(labels, preds, strict=True)):
+            members.setdefault(lp, []).append(i)
+        for key in sorted(members):
+            rows = members[key]
             summed = raw[rows].sum(axis=0)
             scores = normalise(summed, params["normalise"], n_images=len(rows))
             ranking = rank(scores, top=len(names))
@@ -192,39 +243,6 @@ def _head(store: Store, model: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
     r = rows[-1]
     weight = np.asarray(r["head_weight"], np.float64).reshape(r["head_rows"], r["head_cols"])
     return weight, np.asarray(r["head_bias"], np.float64), list(r["class_names"] or [])
-
-
-def _mistakes(store: Store, model: str, params: dict[str, Any]) -> pa.Table:
-    """image_id, label, target, prediction of the model's selected mistakes, by image_id."""
-    images = store.read("images", ["image_id", "label", "split"])
-    preds = store.read("predictions", ["image_id", "target", "prediction", "correct"],
-                       filter=equals("model", model))  # fmt: skip
-    pos = pc.index_in(preds["image_id"], value_set=images["image_id"])
-    keep = pc.and_(pc.is_valid(pos), pc.invert(pc.fill_null(preds["correct"], False)))
-    preds, pos = preds.filter(keep), pc.drop_null(pos.filter(keep))
-    table = preds.append_column("label", images["label"].take(pos)).append_column(
-        "split", images["split"].take(pos)
-    )
-    if params["image"]:
-        table = table.filter(pc.equal(table["image_id"], params["image"]))
-        if table.num_rows == 0:
-            raise ConfigError(f"image: {params['image']} is not a mistake of '{model}'",
-                              hint="see `failstore sql \"SELECT image_id FROM samples WHERE "
-                              "NOT correct\"`")  # fmt: skip
-    if params["classes"]:
-        table = table.filter(pc.is_in(table["label"], pa.array(list(params["classes"]))))
-    if params["split"]:
-        table = table.filter(pc.equal(table["split"], params["split"]))
-    if params["where"]:
-        from failstore.queries.sql.session import run_sql
-
-        chosen = run_sql(
-            store,
-            f"SELECT image_id FROM samples WHERE model = {literal(model)} AND ({params['where']})",
-        )["image_id"]
-        table = table.filter(pc.is_in(table["image_id"], chosen.combine_chunks()))
-    order = pc.sort_indices(table, [("image_id", "ascending")])
-    return table.take(order)
 
 
 def sentence(rows: list[dict[str, Any]], top: int) -> str:

@@ -63,6 +63,9 @@ class Analysis:
     params: ClassVar[tuple[Param, ...]] = ()
     # Parameters that only filter what ``fit`` returns; they are not part of a run.
     view_params: ClassVar[tuple[str, ...]] = ()
+    # Values ``_resolve`` adds to the parameters (e.g. a digest of the input files): they are part
+    # of the run's identity and its recorded params, and may be named in ``run_key``.
+    derived_params: ClassVar[tuple[str, ...]] = ()
     # Parameters that tell runs apart to a reader: the stored query shows the latest run of each.
     run_key: ClassVar[tuple[str, ...]] = ()
     # The CLI command (``failstore <command>``); the name unless set.
