@@ -194,7 +194,8 @@ def store_part(n: int, concepts: int, classes: int, m: int, seed: int) -> None:
     base = pa.schema(schemas.IMAGE_BASE_FIELDS)
     cols = {f.name: pa.nulls(total, f.type) for f in base}
     cols.update(image_id=pa.array(ids), uri=pa.array([f"/x/{i}.png" for i in range(total)]),
-                label=pa.array([names[k] for k in y]), split=pa.array(["test"] * total))  # fmt: skip
+                label=pa.array([names[k] for k in y]),
+                split=pa.array(["test"] * total))  # fmt: skip
     store.upsert("images", pa.table(cols, schema=base), schema=base)
     emb = pa.ListArray.from_arrays(pa.array(np.arange(total + 1) * m, pa.int32()),
                                    pa.array(e.reshape(-1)))  # fmt: skip

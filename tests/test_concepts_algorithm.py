@@ -430,3 +430,24 @@ def test_params_declared_once_with_the_functions_defaults():
     with pytest.raises(ConfigError, match="holdout must be between"):
         BankParams(holdout=1.0)
     assert CESParams(top=2.0).top == 2 and isinstance(CESParams(top=2.0).top, int)
+
+
+def test_folder_examples_negatives_from_the_other_concepts_or_the_negatives_folder():
+    from failstore.queries.concepts.examples import folder_examples
+
+    groups = ["a"] * 10 + ["b"] * 3 + ["c"] * 30 + [None] * 4
+    names = ["a", "b", "c", "lonely"]
+    a, b, c, lonely = folder_examples(groups[:43], names, max_examples=8, seed=1)
+    assert len(a.positives) == 8 and set(np.array(groups)[a.positives]) == {"a"}
+    # 8 negatives from b (3, all it has) and c (the other 5): balanced as far as possible
+    assert sorted(np.array(groups)[a.negatives].tolist()) == ["b"] * 3 + ["c"] * 5
+    assert len(b.positives) == 3
+    assert sorted(np.array(groups)[b.negatives]) in (["a", "a", "c"], ["a", "c", "c"])
+    assert len(c.negatives) == 8 and "c" not in np.array(groups)[c.negatives]
+    assert lonely.positives.size == 0 and lonely.refused is None  # train_cavs drops it: no examples
+    # a negatives folder: only its images are negatives
+    a2, *_ = folder_examples(groups, names, max_examples=8, seed=1)
+    assert sorted(a2.negatives.tolist()) == [43, 44, 45, 46]
+    # one concept and no negatives folder: refused with the fix
+    (only,) = folder_examples(["x"] * 5, ["x"], seed=0)
+    assert only.refused == "no negatives: add a --negatives folder or another concept folder"

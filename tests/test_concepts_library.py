@@ -176,7 +176,7 @@ def test_library_errors_are_one_line(world, tmp_path):
 def test_arrays_from_python(world):
     store, _, _ = world
     rng = np.random.default_rng(0)
-    pos = rng.normal(0, 1, (40, 3)) + [0, 0, 3]
+    pos = rng.normal(0, 1, (40, 3)) + np.array([0, 0, 3])
     neg = rng.normal(0, 1, (40, 3))
     bank = ConceptBank().fit(store, concepts={"bluish": (pos, neg)})
     (row,) = bank.results_.to_pylist()
