@@ -1,0 +1,1 @@
+"""Saliency maps: attribution methods (``methods``, through Captum) and map geometry."""
