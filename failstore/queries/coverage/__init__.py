@@ -1,0 +1,1 @@
+"""Shared Interest coverage (Boggust et al.): how a saliency region covers the ground truth."""
