@@ -123,6 +123,28 @@ SAVED_QUERIES_SCHEMA = pa.schema(
     ]
 )
 
+# One saliency map per (model, method with its settings, explained class kind, image): written by
+# `failstore saliency` (keyed, so a rerun computes nothing new), read by `failstore coverage`.
+SALIENCY_MAPS_SCHEMA = pa.schema(
+    [
+        pa.field("model", pa.string(), nullable=False),
+        pa.field("method", pa.string(), nullable=False),
+        pa.field("settings", pa.string(), nullable=False),  # JSON: method params, layer, size
+        pa.field("explain", pa.string(), nullable=False),  # 'prediction' | 'label'
+        pa.field("image_id", pa.string(), nullable=False),
+        pa.field("class", pa.string()),  # the class whose logit was explained
+        pa.field("class_index", pa.int32()),
+        pa.field("height", pa.int32()),  # the map's size
+        pa.field("width", pa.int32()),
+        pa.field("map", pa.list_(pa.float32())),  # row-major, summed over colour channels (signed)
+        pa.field("x0", pa.float64()),  # the window the map covers, in image pixel coordinates
+        pa.field("y0", pa.float64()),
+        pa.field("x1", pa.float64()),
+        pa.field("y1", pa.float64()),
+        pa.field("computed_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
 # One row per analysis run (and per demo table write): what was computed, from what, when.
 ANALYSIS_RUNS_SCHEMA = pa.schema(
     [
@@ -147,6 +169,7 @@ KEYS: dict[str, list[str]] = {
     "ingest_errors": ["uri"],
     "saved_queries": ["name"],
     "analysis_runs": ["run_id"],
+    "saliency_maps": ["model", "method", "settings", "explain", "image_id"],
 }
 
 CORE_TABLES = ("images", "predictions", "models", "ingest_errors")

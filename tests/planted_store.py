@@ -62,7 +62,7 @@ def build(path: Path, n: int = 1200, seed: int = 0) -> Store:
             "label": label,
             "width": np.full(n, 8, np.int32),
             "height": np.full(n, 8, np.int32),
-            "boxes": pa.nulls(n, pa.list_(schemas.BOX_TYPE)),
+            "boxes": [[{"label": lab, "x0": 2.0, "y0": 2.0, "x1": 6.0, "y1": 6.0}] for lab in label],
             "mask": pa.nulls(n, pa.binary()),
             "ingested_at": pa.nulls(n, pa.timestamp("us", tz="UTC")),
             "attr_background": bg,
@@ -112,4 +112,29 @@ def build(path: Path, n: int = 1200, seed: int = 0) -> Store:
         schema=schemas.MODELS_SCHEMA,
     )  # fmt: skip
     store.upsert("models", models, schema=schemas.MODELS_SCHEMA)
+    _saliency_maps(store, ids, pred, wrong, rng)
     return store
+
+
+def _saliency_maps(store: Store, ids: list[str], pred: np.ndarray, wrong: np.ndarray,
+                   rng: np.random.Generator) -> None:  # fmt: skip
+    """8 x 8 'gradient' maps over the whole 8 x 8 image: noise, plus a bump on the box (2..5)
+    for correct predictions and off it (the corner) for wrong ones."""
+    n = len(ids)
+    maps = rng.normal(0, 0.3, (n, 8, 8)).astype(np.float32)
+    maps[~wrong, 2:6, 2:6] += 2.0
+    maps[wrong, 5:8, 0:3] += 2.0
+    settings = '{"layer": null, "method": "gradient", "params": {"abs": true}, "resolution": 8}'
+    table = pa.table(
+        {
+            "model": ["m"] * n, "method": ["gradient"] * n, "settings": [settings] * n,
+            "explain": ["prediction"] * n, "image_id": ids, "class": pred,
+            "class_index": np.array([CLASSES.index(p) for p in pred], np.int32),
+            "height": np.full(n, 8, np.int32), "width": np.full(n, 8, np.int32),
+            "map": [m.reshape(-1).tolist() for m in maps],
+            "x0": np.zeros(n), "y0": np.zeros(n), "x1": np.full(n, 8.0), "y1": np.full(n, 8.0),
+            "computed_at": pa.nulls(n, pa.timestamp("us", tz="UTC")),
+        },
+        schema=schemas.SALIENCY_MAPS_SCHEMA,
+    )  # fmt: skip
+    store.upsert("saliency_maps", table, schema=schemas.SALIENCY_MAPS_SCHEMA)

@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "commands_store",
     "commands_sql",
     "commands_analyses",
+    "commands_saliency",
     "commands_runs",
     "commands_demo",
 )

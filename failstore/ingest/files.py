@@ -21,7 +21,7 @@ from failstore.errors import InputError
 from failstore.ingest.decode import Decoded
 from failstore.ingest.decode_pool import DecodePool
 from failstore.ingest.sources import SourceItem, is_image_name, storable_path
-from failstore.models.protocol import ModelAdapter
+from failstore.models.protocol import ModelAdapter, Preprocess
 
 
 @dataclass
@@ -98,7 +98,7 @@ def run_on_files(
         ids.extend(str(d.image_id) for d in batch)
         batch.clear()
 
-    for dec in _decoded(items, pre, workers):
+    for dec in decode_files(items, pre, workers):
         if dec.error is not None:
             errors.append((dec.item, dec.error))
             continue
@@ -110,10 +110,14 @@ def run_on_files(
     return FileOutputs(ok, ids, outputs, errors)
 
 
-def _decoded(items: Sequence[SourceItem], pre: object, workers: int) -> Iterator[Decoded]:
+def decode_files(
+    items: Sequence[SourceItem], pre: Preprocess, workers: int = 0
+) -> Iterator[Decoded]:
+    """``items`` decoded and cropped for ``pre`` as the ingest does (bad ones with ``error``):
+    first the items known bad before decoding, then the others in input order."""
     good = [it for it in items if it.error is None]
     for it in items:
         if it.error is not None:
             yield Decoded(item=it, image_id=None, error=it.error)
-    with DecodePool([pre], workers=workers) as pool:  # type: ignore[list-item]
+    with DecodePool([pre], workers=workers) as pool:
         yield from pool.imap(good)

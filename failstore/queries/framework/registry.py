@@ -11,7 +11,9 @@ import pkgutil
 
 from failstore.queries.framework.analysis import REGISTERED, Analysis
 
-NOT_ANALYSES = ("sql", "framework")  # the sub-packages of failstore.queries that are not one
+# The sub-packages of failstore.queries that are not an analysis (saliency computes keyed maps
+# that the coverage analysis reads).
+NOT_ANALYSES = ("sql", "framework", "saliency")
 _discovered = False
 
 
