@@ -62,7 +62,7 @@ def build(path: Path, n: int = 1200, seed: int = 0) -> Store:
             "label": label,
             "width": np.full(n, 8, np.int32),
             "height": np.full(n, 8, np.int32),
-            "boxes": [[{"label": lab, "x0": 2.0, "y0": 2.0, "x1": 6.0, "y1": 6.0}] for lab in label],
+            "boxes": [[{"label": b, "x0": 2.0, "y0": 2.0, "x1": 6.0, "y1": 6.0}] for b in label],
             "mask": pa.nulls(n, pa.binary()),
             "ingested_at": pa.nulls(n, pa.timestamp("us", tz="UTC")),
             "attr_background": bg,
