@@ -276,3 +276,19 @@ def test_cli_saliency_and_coverage(world):
         f"error: no saliency maps of model '{MODEL}' by method 'smoothgrad' (explain "
         "prediction); run `failstore saliency --method smoothgrad` first"
     )
+
+
+def test_case_pictures(world, tmp_path):
+    from failstore.queries.coverage.pictures import case_pictures
+
+    store, _ = world
+    compute_saliency(store, SaliencyOptions(method="grad_cam"))
+    rows = Coverage(method="grad_cam").fit(store).results_
+    drawn = case_pictures(store, rows, tmp_path / "pics")
+    cases = {r["case"] for r in rows.to_pylist()} - {"undefined"}
+    assert {d["case"] for d in drawn} == cases and cases
+    for d in drawn:
+        with Image.open(d["path"]) as im:
+            assert im.size == (24 * 4 * 2 + 4, 24 * 4)
+            arr = np.asarray(im)
+        assert (arr[:, :96] == [40, 220, 60]).all(axis=2).any()  # the ground-truth outline

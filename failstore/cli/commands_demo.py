@@ -77,6 +77,7 @@ def print_report(result: Any) -> None:
         con.print(t)
     _barlow_table(con, result.barlow)
     _ces_table(con, result.ces)
+    _coverage_tables(con, result.coverage, result.coverage_checks)
     con.print("see the images:")
     for f in result.findings:
         con.print(f'  failstore --store {store} sql "{f.sql}"', soft_wrap=True)
@@ -115,6 +116,29 @@ def _ces_table(con: Any, findings: list[Any]) -> None:
     for f in findings:
         t.add_row(f.planted, str(f.images), _pct(f.singles), _pct(f.sets), _pct(f.control))
     con.print(t)
+
+
+def _coverage_tables(con: Any, findings: list[Any], checks: list[Any]) -> None:
+    from rich.table import Table
+
+    if not findings:
+        return
+    t = Table(title="where the attributions lie (Shared Interest, test): soft saliency coverage")
+    for col in ("method", "group", "images", "soft SC", "95 % interval", "cases"):
+        t.add_column(col)
+    for f in findings:
+        ci = "-" if f.low is None else f"{f.low:.3f} .. {f.high:.3f}"
+        soft = "-" if f.soft_sc is None else f"{f.soft_sc:.3f}"
+        t.add_row(f.method, f.group, str(f.images), soft, ci, f.cases)
+    con.print(t)
+    c = Table(title="expected from the planted shortcuts (difference of mean soft SC, bootstrap)")
+    for col in ("method", "expectation", "difference", "95 % interval", "verdict"):
+        c.add_column(col)
+    for k in checks:
+        ci = "-" if k.low is None else f"{k.low:+.3f} .. {k.high:+.3f}"
+        diff = "-" if k.difference is None else f"{k.difference:+.3f}"
+        c.add_row(k.method, k.claim, diff, ci, k.verdict)
+    con.print(c)
 
 
 def demo(

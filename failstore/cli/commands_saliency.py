@@ -4,11 +4,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from failstore.cli.analysis_options import analysis_command
+from failstore.cli.analysis_options import analysis_command, extra_option
 from failstore.cli.commands_analyses import OUTPUT
 from failstore.cli.output import Format, emit
 from failstore.cli.state import state
@@ -116,7 +117,20 @@ def saliency(
         raise typer.Exit(1)
 
 
-def coverage(ctx: typer.Context, est: Any, limit: int | None, fmt: Format) -> None:
+PicturesOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--pictures",
+        metavar="DIR",
+        help="Also draw one example image per case into DIR/<case>.png: the saliency region in "
+        "red, the ground truth outlined in green, their overlap in yellow, the map beside.",
+    ),
+]
+
+
+def coverage(
+    ctx: typer.Context, est: Any, limit: int | None, fmt: Format, pictures: Path | None
+) -> None:
     """Shared-Interest coverage of stored saliency maps: IoU, ground-truth coverage (gtc),
     saliency coverage (sc), soft sc and one of eight cases per image.
 
@@ -124,6 +138,8 @@ def coverage(ctx: typer.Context, est: Any, limit: int | None, fmt: Format) -> No
     coverage"`, and coverage_cases (class x case) and coverage_lowest.
 
     Example: failstore coverage --method integrated_gradients --case distractor --class bird
+
+    Example: failstore coverage --method grad_cam --split test --pictures coverage-cases
     """
     from failstore.queries.coverage.estimator import COVERAGE_SCHEMA
 
@@ -134,6 +150,13 @@ def coverage(ctx: typer.Context, est: Any, limit: int | None, fmt: Format) -> No
     if limit is not None:
         table = table.slice(0, limit)
     emit(table, fmt)
+    if pictures is not None:
+        from failstore.queries.coverage.pictures import case_pictures
+
+        drawn = case_pictures(
+            store, est.results_, pictures, rule=est.rule, top_percent=est.top_percent
+        )
+        typer.echo(f"pictures: {len(drawn)} files under {pictures}", err=True)
     cases = est.results_["case"].to_pylist()
     counts = ", ".join(f"{cases.count(c)} {c}" for c in sorted(set(cases), key=cases.index))
     typer.echo(f"{len(cases)} images: {counts or 'none'}", err=True)
@@ -143,4 +166,5 @@ def register(app: typer.Typer) -> None:
     from failstore.queries.coverage.estimator import Coverage
 
     app.command("saliency")(saliency)
-    app.command("coverage")(analysis_command(Coverage, coverage, OUTPUT))
+    pictures = [extra_option("pictures", PicturesOpt, None)]
+    app.command("coverage")(analysis_command(Coverage, coverage, OUTPUT + pictures))

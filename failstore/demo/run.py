@@ -41,6 +41,8 @@ class DemoResult:
     tag_macro_f1: float
     barlow: list[Any] = field(default_factory=list)
     ces: list[Any] = field(default_factory=list)
+    coverage: list[Any] = field(default_factory=list)
+    coverage_checks: list[Any] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -56,6 +58,8 @@ class DemoResult:
             "findings_attributes": [f.row() for f in self.findings_attr],
             "barlow": [f.row() for f in self.barlow],
             "ces": [f.row() for f in self.ces],
+            "coverage": [f.row() for f in self.coverage],
+            "coverage_checks": [c.row() for c in self.coverage_checks],
             "seconds": self.seconds,
         }
 
@@ -156,6 +160,9 @@ def run_demo(
     findings_attr = _slices_findings(store, planted, tags_from=attrs)
     barlow = _barlow_findings(store, planted)
     ces = _ces_findings(store, planted)
+    t4 = time.perf_counter()
+    coverage, coverage_checks = _coverage_findings(store, planted, log)
+    seconds["saliency"] = time.perf_counter() - t4
     seconds["analyses"] = time.perf_counter() - t3
     seconds["total"] = time.perf_counter() - t0
     return DemoResult(
@@ -171,6 +178,8 @@ def run_demo(
         seconds=seconds,
         barlow=barlow,
         ces=ces,
+        coverage=coverage,
+        coverage_checks=coverage_checks,
     )
 
 
@@ -286,6 +295,13 @@ def _ces_findings(store: Store, planted: list[Any]) -> list[Any]:
     from failstore.demo.ces_findings import ces_findings
 
     return ces_findings(store, planted, HOLDOUT_SPLIT)
+
+
+def _coverage_findings(store: Store, planted: list[Any], log: Log) -> tuple[list, list]:
+    """Saliency maps of the test split (two methods) and their Shared-Interest coverage."""
+    from failstore.demo.coverage_findings import coverage_findings
+
+    return coverage_findings(store, planted, HOLDOUT_SPLIT, log=log)
 
 
 def dumps(result: DemoResult) -> str:

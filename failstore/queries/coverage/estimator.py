@@ -216,6 +216,8 @@ class Coverage(Analysis):
             sc=float(params["sc_high"]),
             gtc=float(params["gtc_high"]),
         )
+        dataset = store.dataset("images")  # one version: row positions stay valid
+        images = _image_index(dataset, params["split"])
         parts = []
         batches = store.dataset("saliency_maps").to_batches(
             columns=MAP_COLUMNS, filter=where, batch_size=int(self.batch_size)
@@ -223,7 +225,7 @@ class Coverage(Analysis):
         for batch in batches:
             if batch.num_rows:
                 part = _score_batch(
-                    store, pa.Table.from_batches([batch]), preds, params, thresholds
+                    dataset, pa.Table.from_batches([batch]), images, preds, params, thresholds
                 )
                 if part.num_rows:
                     parts.append(part)
@@ -252,16 +254,27 @@ def _latest_settings(store: Store, model: str, method: str, explain: str) -> str
     return str(rows["settings"][order[0].as_py()].as_py())
 
 
+def _image_index(ds: Any, split: str | None) -> pa.Table:
+    """image_id, label, boxes, has_mask and the row position of every image (of the split):
+    what every batch needs, read once; the masks themselves are taken per batch by position."""
+    t = ds.to_table(columns=["image_id", "label", "split", "boxes"])
+    t = t.append_column("row", pa.array(np.arange(t.num_rows, dtype=np.int64)))
+    with_mask = ds.to_table(columns=["image_id"], filter="mask IS NOT NULL")["image_id"]
+    t = t.append_column("has_mask", pc.is_in(t["image_id"], value_set=with_mask.combine_chunks()))
+    if split:
+        t = t.filter(pc.equal(t["split"], split))
+    return t
+
+
 def _score_batch(
-    store: Store, maps: pa.Table, preds: pa.Table, params: dict[str, Any], t: CaseThresholds
+    dataset: Any,
+    maps: pa.Table,
+    images: pa.Table,
+    preds: pa.Table,
+    params: dict[str, Any],
+    t: CaseThresholds,
 ) -> pa.Table:
     ids = maps["image_id"]
-    id_list = ", ".join(literal(i) for i in ids.to_pylist())
-    images = store.read(
-        "images", ["image_id", "label", "split", "boxes", "mask"], filter=f"image_id IN ({id_list})"
-    )
-    if params["split"]:
-        images = images.filter(pc.equal(images["split"], params["split"]))
     ipos = pc.index_in(ids, value_set=images["image_id"])
     ppos = pc.index_in(ids, value_set=preds["image_id"])
     keep = pc.and_(pc.is_valid(ipos), pc.is_valid(ppos))
@@ -283,11 +296,14 @@ def _score_batch(
     truth = np.zeros((n, hh, ww), dtype=bool)
     kinds: list[str | None] = []
     rows = images.take(ipos).to_pylist()
+    masked = [r["row"] for r in rows if r["has_mask"]]
+    masks = dict(zip(masked, dataset.take(masked, columns=["mask"])["mask"]
+                     .to_pylist(), strict=True)) if masked else {}  # fmt: skip
     windows = maps.select(["x0", "y0", "x1", "y1"]).to_pylist()
     for k, (img, win) in enumerate(zip(rows, windows, strict=True)):
         frame = Frame(win["x0"], win["y0"], win["x1"], win["y1"], hh, ww)
-        if img["mask"]:
-            truth[k] = mask_region(_png(img["mask"]), frame)
+        if img["has_mask"]:
+            truth[k] = mask_region(_png(masks[img["row"]]), frame)
             kinds.append("mask")
         elif img["boxes"]:
             boxes = [(b["x0"], b["y0"], b["x1"], b["y1"]) for b in img["boxes"]]
