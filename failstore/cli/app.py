@@ -38,6 +38,7 @@ CORE_COMMANDS = {
     "runs": "commands_runs",
     "compact": "commands_runs",
     "demo": "commands_demo",
+    "saliency": "commands_saliency",
 }
 GLOBAL_OPTIONS = {"--store": True, "--debug": False}  # option -> takes a value
 
