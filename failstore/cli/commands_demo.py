@@ -129,7 +129,9 @@ def _coverage_tables(con: Any, findings: list[Any], checks: list[Any]) -> None:
     for f in findings:
         ci = "-" if f.low is None else f"{f.low:.3f} .. {f.high:.3f}"
         soft = "-" if f.soft_sc is None else f"{f.soft_sc:.3f}"
-        t.add_row(f.method, f.group, str(f.images), soft, ci, f.cases)
+        parts = f.cases.split(", ")
+        mix = ", ".join(parts[:3]) + (f" (+{len(parts) - 3} more)" if len(parts) > 3 else "")
+        t.add_row(f.method, f.group, str(f.images), soft, ci, mix)
     con.print(t)
     c = Table(title="expected from the planted shortcuts (difference of mean soft SC, bootstrap)")
     for col in ("method", "expectation", "difference", "95 % interval", "verdict"):
