@@ -292,3 +292,20 @@ def test_case_pictures(world, tmp_path):
             assert im.size == (24 * 4 * 2 + 4, 24 * 4)
             arr = np.asarray(im)
         assert (arr[:, :96] == [40, 220, 60]).all(axis=2).any()  # the ground-truth outline
+
+
+def test_explain_label_and_where_select_what_is_explained(world):
+    store, _ = world
+    rep = compute_saliency(
+        store,
+        SaliencyOptions(method="input_x_gradient", explain="label", where="label = 'plain'"),
+    )
+    assert (rep.selected, rep.computed) == (4, 4)
+    rows = store.read("saliency_maps", filter="method = 'input_x_gradient'").to_pylist()
+    labels = {r["image_id"]: r["label"] for r in store.read("images").to_pylist()}
+    assert {labels[r["image_id"]] for r in rows} == {"plain"}
+    assert {(r["explain"], r["class"], r["class_index"]) for r in rows} == {("label", "plain", 1)}
+    hand = _by_hand(store, "input_x_gradient", "label")
+    for r in rows:
+        np.testing.assert_allclose(np.reshape(r["map"], (24, 24)), hand[r["image_id"]],
+                                   rtol=1e-4, atol=1e-6)  # fmt: skip
