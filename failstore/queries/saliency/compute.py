@@ -8,9 +8,9 @@ the stored resolution (:func:`failstore.queries.saliency.geometry.downsample`) a
 the window they cover in the image (:func:`failstore.queries.saliency.geometry.frame_of`).
 
 Keyed by (model, method, settings, explain, image_id): maps already stored are not computed again,
-and each batch is committed on its own, so a killed run resumes where it stopped. ``settings`` is
-the canonical JSON of everything that changes a map (the method's parameters, the resolved
-layer, the resolution).
+and every ``COMMIT_EVERY`` maps are one commit, so a killed run resumes where it stopped.
+``settings`` is the canonical JSON of everything that changes a map (the method's parameters,
+the resolved layer, the resolution).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from failstore.store import Store, equals, literal, utcnow
 
 EXPLAIN = ("prediction", "label")
 TABLE = "saliency_maps"
+COMMIT_EVERY = 256  # maps per commit: a killed run loses at most this many (one keyed upsert)
 
 
 @dataclass
@@ -110,6 +111,16 @@ def compute_saliency(
     by_uri = {r["uri"]: r for r in rows}
     start = time.perf_counter()
     batch: list[tuple[dict[str, Any], Any]] = []
+    pending: list[pa.Table] = []  # computed maps not yet committed
+
+    def commit() -> None:
+        if pending:
+            store.upsert(TABLE, pa.concat_tables(pending), schema=schemas.SALIENCY_MAPS_SCHEMA)
+            report.computed += sum(t.num_rows for t in pending)
+            pending.clear()
+            if progress:
+                progress(report.computed, len(rows))
+
     for dec in decode_files(as_items([r["uri"] for r in rows]), pre, opts.workers):
         row = by_uri[dec.item.uri]
         if dec.error is not None:
@@ -124,20 +135,18 @@ def compute_saliency(
         else:
             batch.append((row, dec))
         if len(batch) >= opts.batch_size:
-            _run_batch(store, adapter, batch, opts, params, settings, resolution, report)
+            pending.append(_run_batch(adapter, batch, opts, params, settings, resolution, report))
             batch = []
-            if progress:
-                progress(report.computed, len(rows))
+            if sum(t.num_rows for t in pending) >= COMMIT_EVERY:
+                commit()
     if batch:
-        _run_batch(store, adapter, batch, opts, params, settings, resolution, report)
-        if progress:
-            progress(report.computed, len(rows))
+        pending.append(_run_batch(adapter, batch, opts, params, settings, resolution, report))
+    commit()
     report.seconds = time.perf_counter() - start
     return report
 
 
 def _run_batch(
-    store: Store,
     adapter: Any,
     batch: list[tuple[dict[str, Any], Any]],
     opts: SaliencyOptions,
@@ -145,7 +154,8 @@ def _run_batch(
     settings: str,
     resolution: int,
     report: SaliencyReport,
-) -> None:
+) -> pa.Table:
+    """The rows of one batch's maps (committed by the caller)."""
     import torch
 
     from failstore.models.pixels import normalise
@@ -187,8 +197,7 @@ def _run_batch(
         {k: pa.array(v, type=schemas.SALIENCY_MAPS_SCHEMA.field(k).type) for k, v in out.items()},
         schema=schemas.SALIENCY_MAPS_SCHEMA,
     )
-    store.upsert(TABLE, table, schema=schemas.SALIENCY_MAPS_SCHEMA)
-    report.computed += len(batch)
+    return table
 
 
 def _stored(store: Store, model: str, method: str, settings: str, explain: str) -> set[str]:
