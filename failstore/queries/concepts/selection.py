@@ -41,13 +41,10 @@ def mistakes(store: Store, model: str, params: dict[str, Any]) -> pa.Table:
         members = slice_members(store, model, params["slice_tags"], params["classes"])
         table = table.filter(pc.is_in(table["image_id"], members))
     if params["where"]:
-        from failstore.queries.sql.session import run_sql
+        from failstore.queries.sql.session import samples_matching
 
-        chosen = run_sql(
-            store,
-            f"SELECT image_id FROM samples WHERE model = {literal(model)} AND ({params['where']})",
-        )["image_id"]
-        table = table.filter(pc.is_in(table["image_id"], chosen.combine_chunks()))
+        chosen = samples_matching(store, model, params['where'])
+        table = table.filter(pc.is_in(table["image_id"], chosen))
     order = pc.sort_indices(table, [("image_id", "ascending")])
     return table.take(order)
 

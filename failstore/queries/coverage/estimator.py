@@ -13,7 +13,6 @@ the batch, not the store. A run appends one row per map to ``coverage_scores``; 
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Sequence
 from typing import Any
@@ -32,7 +31,7 @@ from failstore.queries.coverage.scores import (
 from failstore.queries.framework.analysis import Analysis
 from failstore.queries.framework.frames import check_known, default_model
 from failstore.queries.framework.params import Param
-from failstore.queries.saliency.geometry import Frame, boxes_region, mask_region
+from failstore.queries.saliency.geometry import Frame, truth_region
 from failstore.store import Store, equals, literal
 
 CASES = (
@@ -302,15 +301,8 @@ def _score_batch(
     windows = maps.select(["x0", "y0", "x1", "y1"]).to_pylist()
     for k, (img, win) in enumerate(zip(rows, windows, strict=True)):
         frame = Frame(win["x0"], win["y0"], win["x1"], win["y1"], hh, ww)
-        if img["has_mask"]:
-            truth[k] = mask_region(_png(masks[img["row"]]), frame)
-            kinds.append("mask")
-        elif img["boxes"]:
-            boxes = [(b["x0"], b["y0"], b["x1"], b["y1"]) for b in img["boxes"]]
-            truth[k] = boxes_region(boxes, frame)
-            kinds.append("boxes")
-        else:
-            kinds.append(None)
+        truth[k], kind = truth_region(masks.get(img["row"]), img["boxes"], frame)
+        kinds.append(kind)
     region = saliency_region(sal, rule=params["rule"], top_percent=float(params["top_percent"]))
     scores = coverage_scores(truth, region, sal)
     correct = np.asarray(preds["correct"].take(ppos).to_pylist(), dtype=object)
@@ -343,13 +335,6 @@ def _score_batch(
         },
         schema=COVERAGE_SCHEMA,
     )
-
-
-def _png(data: bytes) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(io.BytesIO(data)) as im:
-        return np.asarray(im.convert("L"))
 
 
 def settings_summary(settings: str) -> str:

@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 
 from failstore.queries.coverage.scores import saliency_region
-from failstore.queries.saliency.geometry import Frame, boxes_region, mask_region
+from failstore.queries.saliency.geometry import Frame, truth_region
 from failstore.store import Store, equals, literal
 
 
@@ -67,9 +67,7 @@ def case_pictures(
     """One picture per case present in ``rows`` (coverage rows of one run), of the case's image
     with the highest soft SC for the aligned cases and the lowest otherwise (the clearest
     example), written as ``directory/<case>.png``; returns (case, image_id, path) rows."""
-    import io
 
-    from PIL import Image
 
     out = []
     data = rows.to_pylist()
@@ -98,12 +96,7 @@ def case_pictures(
             "images", ["uri", "boxes", "mask"], filter=equals("image_id", pick["image_id"])
         ).to_pylist()[0]
         frame = Frame(m["x0"], m["y0"], m["x1"], m["y1"], m["height"], m["width"])
-        if img["mask"]:
-            truth = mask_region(np.asarray(Image.open(io.BytesIO(img["mask"])).convert("L")), frame)
-        else:
-            truth = boxes_region(
-                [(b["x0"], b["y0"], b["x1"], b["y1"]) for b in img["boxes"]], frame
-            )
+        truth, _ = truth_region(img["mask"], img["boxes"], frame)
         sal = np.asarray(m["map"], dtype=np.float32).reshape(m["height"], m["width"])
         path = draw_case(
             img["uri"],

@@ -255,13 +255,10 @@ def _select(store: Store, model: str, opts: SaliencyOptions) -> pa.Table:
         }
     )
     if opts.where:
-        from failstore.queries.sql.session import run_sql
+        from failstore.queries.sql.session import samples_matching
 
-        chosen = run_sql(
-            store,
-            f"SELECT image_id FROM samples WHERE model = {literal(model)} AND ({opts.where})",
-        )["image_id"]
-        table = table.filter(pc.is_in(table["image_id"], chosen.combine_chunks()))
+        chosen = samples_matching(store, model, opts.where)
+        table = table.filter(pc.is_in(table["image_id"], chosen))
     table = table.take(pc.sort_indices(table, [("image_id", "ascending")]))
     return table.slice(0, opts.limit) if opts.limit is not None else table
 

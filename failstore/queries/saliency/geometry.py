@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -131,3 +132,21 @@ def _area_weights(size: int, resolution: int) -> np.ndarray:
     s = np.arange(size)[None, :]
     overlap = np.clip(np.minimum(hi, s + 1) - np.maximum(lo, s), 0, None)
     return overlap / (size / resolution)
+
+
+def truth_region(
+    mask_png: bytes | None, boxes: Sequence[Any] | None, frame: Frame
+) -> tuple[np.ndarray, str | None]:
+    """The ground truth G in ``frame`` and where it came from: the image's mask (PNG bytes, as
+    ``images.mask``) when it has one, else the union of its boxes (``images.boxes`` structs),
+    else an empty region and None."""
+    if mask_png:
+        import io
+
+        from PIL import Image
+
+        with Image.open(io.BytesIO(mask_png)) as im:
+            return mask_region(np.asarray(im.convert("L")), frame), "mask"
+    if boxes:
+        return boxes_region([(b["x0"], b["y0"], b["x1"], b["y1"]) for b in boxes], frame), "boxes"
+    return np.zeros((frame.height, frame.width), dtype=bool), None

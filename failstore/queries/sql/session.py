@@ -268,6 +268,15 @@ def session(store: Store) -> SqlSession:
         return found
 
 
+def samples_matching(store: Store, model: str, where: str) -> pa.Array:
+    """The image ids of ``model``'s rows of the stored query ``samples`` matching the SQL
+    condition ``where`` (through the read-only guard, like any query)."""
+    from failstore.store import literal
+
+    q = f"SELECT image_id FROM samples WHERE model = {literal(model)} AND ({where})"
+    return run_sql(store, q)["image_id"].combine_chunks()
+
+
 def run_sql(
     store: Store,
     query: str,
