@@ -196,3 +196,60 @@ def test_ces_names_the_planted_causes(demo):
     for f in by_mode.values():
         assert f.n_sets >= 1 and (f.sets or 0.0) >= 0.9, f.row()
         assert (f.control or 0.0) < (f.singles or 0.0) - 0.3, f.row()
+
+
+BIRDS_VS_HORSES = "birds' attributions lie less on the object than horses'"
+SMALL_DOGS = "misclassified small dogs on snow less than correctly classified dogs"
+
+
+@pytest.mark.parametrize(
+    ("method", "claim"),
+    [
+        ("gradient", BIRDS_VS_HORSES),
+        ("gradient", SMALL_DOGS),
+        pytest.param(
+            "grad_cam",
+            BIRDS_VS_HORSES,
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="measured undecided on the quick world (-0.001, interval -0.016..+0.013): "
+                "Grad-CAM's 8x8 last conv layer upsampled gives small objects little of any map; "
+                "docs/coverage.md",
+            ),
+        ),
+        ("grad_cam", SMALL_DOGS),
+    ],
+)
+def test_coverage_expectations_hold_on_test(demo, method, claim):
+    """Issue 12: where the shortcuts were planted, the attributions follow (bootstrap interval
+    of the difference of mean soft SC entirely below 0). Reported as measured: a check that
+    does not hold is an xfail with the figures, strict so that a change shows."""
+    (check,) = [c for c in demo.coverage_checks if c.method == method and c.claim == claim]
+    assert check.verdict == "holds", check.row()
+    assert check.high is not None and check.high < 0 and check.low <= check.difference
+
+
+@pytest.mark.parametrize("method", ["gradient", "grad_cam"])
+def test_coverage_section_equals_a_recount_from_the_store(demo, method):
+    """The report's per-class soft SC and case mix are the stored `coverage` query's rows."""
+    got = {
+        r["label"]: r
+        for r in run_sql(
+            Store(demo.store),
+            "SELECT label, count(*) AS n, avg(soft_sc) FILTER (WHERE NOT isnan(soft_sc)) AS soft, "
+            "count(*) FILTER (WHERE \"case\" = 'distractor') AS distractors "
+            "FROM coverage WHERE method = $m GROUP BY label",
+            params={"m": method},
+        ).to_pylist()
+    }
+    rows = {f.group: f for f in demo.coverage if f.method == method and f.group in got}
+    assert set(rows) == set(got) and len(got) >= 6
+    for label, r in got.items():
+        f = rows[label]
+        assert f.images == r["n"], (label, f.row())
+        assert f.soft_sc == pytest.approx(r["soft"], abs=1e-9), (label, f.row())
+        assert f.low is not None and f.low <= f.soft_sc <= f.high
+        distractors = dict(
+            (c, int(n)) for n, c in (part.split(" ", 1) for part in f.cases.split(", "))
+        ).get("distractor", 0)
+        assert distractors == r["distractors"], (label, f.cases)

@@ -217,15 +217,36 @@ class Coverage(Analysis):
         )
         dataset = store.dataset("images")  # one version: row positions stay valid
         images = _image_index(dataset, params["split"])
+        maps_ds = store.dataset("saliency_maps")  # one version: both scans see the same rows
+        # Each map's image and prediction, looked up once for all maps (one hash table each;
+        # per batch it would be rebuilt over every image: quadratic in the store's size).
+        all_ids = maps_ds.to_table(columns=["image_id"], filter=where)["image_id"]
+        all_ipos = pc.index_in(all_ids, value_set=images["image_id"])
+        all_ppos = pc.index_in(all_ids, value_set=preds["image_id"])
         parts = []
-        batches = store.dataset("saliency_maps").to_batches(
+        start = 0
+        batches = maps_ds.to_batches(
             columns=MAP_COLUMNS, filter=where, batch_size=int(self.batch_size)
         )
         for batch in batches:
-            if batch.num_rows:
+            n = batch.num_rows
+            if n:
+                ids = all_ids.slice(start, n)
+                if not ids.equals(pa.chunked_array([batch.column("image_id")])):
+                    raise StoreError(
+                        "saliency_maps changed while coverage read it",
+                        hint="run `failstore coverage` again",
+                    )
                 part = _score_batch(
-                    dataset, pa.Table.from_batches([batch]), images, preds, params, thresholds
+                    dataset,
+                    pa.Table.from_batches([batch]),
+                    images,
+                    preds,
+                    (all_ipos.slice(start, n), all_ppos.slice(start, n)),
+                    params,
+                    thresholds,
                 )
+                start += n
                 if part.num_rows:
                     parts.append(part)
         if not parts:
@@ -270,12 +291,14 @@ def _score_batch(
     maps: pa.Table,
     images: pa.Table,
     preds: pa.Table,
+    positions: tuple[pa.ChunkedArray, pa.ChunkedArray],
     params: dict[str, Any],
     t: CaseThresholds,
 ) -> pa.Table:
-    ids = maps["image_id"]
-    ipos = pc.index_in(ids, value_set=images["image_id"])
-    ppos = pc.index_in(ids, value_set=preds["image_id"])
+    """The rows of one batch of maps; ``positions``: each map's row in ``images`` and in
+    ``preds`` (null: not there)."""
+    ipos, ppos = (pa.concat_arrays(p.chunks) if p.num_chunks else pa.array([], pa.int32())
+                  for p in positions)  # fmt: skip
     keep = pc.and_(pc.is_valid(ipos), pc.is_valid(ppos))
     maps, ipos, ppos = maps.filter(keep), ipos.filter(keep), ppos.filter(keep)
     n = maps.num_rows

@@ -203,8 +203,11 @@ def attribute(
     params: Mapping[str, Any] | None = None,
     *,
     pixel_stats: tuple[Sequence[float], Sequence[float]] | None = None,
+    channels: bool = False,
 ) -> np.ndarray:
-    """The saliency maps ``(N, H, W)`` float32 of ``method`` for logit ``target[i]`` of image i.
+    """The saliency maps ``(N, H, W)`` float32 of ``method`` for logit ``target[i]`` of image i
+    (``channels``: the attribution before the channel sum, ``(N, C, H, W)``; ``(N, 1, H, W)``
+    for grad_cam).
 
     ``module`` (eval mode) maps the normalised batch ``x`` ``(N, C, H, W)`` to logits ``(N, K)``;
     ``target`` holds N class indices; ``params`` are overrides of the method's defaults
@@ -240,12 +243,10 @@ def attribute(
     with torch.enable_grad(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Setting backward hooks on ReLU")
         attr = _run(module, xc, target, method, p, pixel_stats)
-    if method == "grad_cam":
-        attr = attr[:, 0]
-    elif tuple(attr.shape) != tuple(x.shape):
+    if method != "grad_cam" and tuple(attr.shape) != tuple(x.shape):
         raise ConfigError(f"{method} returned shape {tuple(attr.shape)} for input {tuple(x.shape)}")
-    else:
-        attr = attr.sum(dim=1)
+    if not channels:
+        attr = attr[:, 0] if method == "grad_cam" else attr.sum(dim=1)
     return attr.detach().to("cpu", torch.float32).numpy().astype(np.float32, copy=False)
 
 
