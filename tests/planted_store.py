@@ -26,7 +26,47 @@ EMBED_DIM = 6
 CLIP_DIM = 4
 
 
-def build(path: Path, n: int = 1200, seed: int = 0) -> Store:
+PIXELS = 48  # with_model: image side (HOG, one of the sanity figures, needs 48)
+COLOURS = {"water": (40, 90, 200), "sand": (220, 200, 120), "snow": (245, 245, 250),
+           "cat": (230, 120, 30), "dog": (110, 70, 40)}  # fmt: skip
+
+
+def planted_model():  # a python.module:factory target (spec "planted_store:planted_model")
+    import torch
+
+    from failstore.demo.nets import BottleneckCNN
+
+    torch.manual_seed(0)
+    net = BottleneckCNN(num_classes=len(CLASSES), widths=(8, 16), bottleneck=EMBED_DIM).eval()
+    pre = {"resize": PIXELS, "crop": PIXELS, "mean": [0.5] * 3, "std": [0.25] * 3}
+    return net, CLASSES, pre
+
+
+def _write_images(folder: Path, label, bg, size, rng) -> tuple[list[str], list[str]]:
+    """One PNG per image: its background colour, a square of its class's colour (the box
+    12..36 for large animals, 18..30 for small ones), noise; ids are the files' sha256."""
+    import hashlib
+
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    ids, uris = [], []
+    for i, (lab, b, sz) in enumerate(zip(label, bg, size, strict=True)):
+        arr = np.empty((PIXELS, PIXELS, 3), np.float64)
+        arr[:] = COLOURS[b]
+        lo, hi = (12, 36) if sz == "large" else (18, 30)
+        arr[lo:hi, lo:hi] = COLOURS[lab]
+        arr += rng.normal(0, 12, arr.shape)
+        path = folder / f"{i}.png"
+        Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(path)
+        ids.append(hashlib.sha256(path.read_bytes()).hexdigest())
+        uris.append(str(path))
+    return ids, uris
+
+
+def build(path: Path, n: int = 1200, seed: int = 0, with_model: bool = False) -> Store:
+    """The planted store; ``with_model``: real image files and a real (untrained) target ``m``
+    reloadable by ``load_model``, for the analyses that run the model again (sanity)."""
     rng = np.random.default_rng(seed)
     label = rng.choice(CLASSES, n)
     bg = rng.choice(BACKGROUNDS, n)
@@ -54,15 +94,22 @@ def build(path: Path, n: int = 1200, seed: int = 0) -> Store:
         *schemas.robust_fields(ROBUST_DIM),
     ]
     sch = pa.schema(schemas.IMAGE_BASE_FIELDS + meta)
+    uris = [f"/x/{i}.png" for i in range(n)]
+    side, box = 8, (2.0, 6.0)
+    if with_model:
+        ids, uris = _write_images(Path(f"{path}-images"), label, bg, size, rng)
+        side = PIXELS
+        box = (12.0, 36.0)  # the large square; the small one lies inside it
     images = pa.table(
         {
             "image_id": ids,
-            "uri": [f"/x/{i}.png" for i in range(n)],
+            "uri": uris,
             "split": split,
             "label": label,
-            "width": np.full(n, 8, np.int32),
-            "height": np.full(n, 8, np.int32),
-            "boxes": [[{"label": b, "x0": 2.0, "y0": 2.0, "x1": 6.0, "y1": 6.0}] for b in label],
+            "width": np.full(n, side, np.int32),
+            "height": np.full(n, side, np.int32),
+            "boxes": [[{"label": b, "x0": box[0], "y0": box[0], "x1": box[1], "y1": box[1]}]
+                      for b in label],  # fmt: skip
             "mask": pa.nulls(n, pa.binary()),
             "ingested_at": pa.nulls(n, pa.timestamp("us", tz="UTC")),
             "attr_background": bg,
@@ -112,14 +159,30 @@ def build(path: Path, n: int = 1200, seed: int = 0) -> Store:
         schema=schemas.MODELS_SCHEMA,
     )  # fmt: skip
     store.upsert("models", models, schema=schemas.MODELS_SCHEMA)
-    _saliency_maps(store, ids, pred, wrong, rng)
+    if with_model:
+        _register_model(store)
+    _saliency_maps(store, ids, pred, wrong, rng, side)
     return store
 
 
+def _register_model(store: Store) -> None:
+    """Replace target ``m``'s row by the real factory model's (its own head)."""
+    import dataclasses
+
+    from failstore.ingest.rows import model_table
+    from failstore.models.specs import resolve
+    from failstore.store import utcnow
+
+    adapter = resolve("target", "planted_store:planted_model")
+    adapter.load("cpu")
+    record = dataclasses.replace(adapter.record(), name="m")
+    store.upsert("models", model_table(record, utcnow()), schema=schemas.MODELS_SCHEMA)
+
+
 def _saliency_maps(store: Store, ids: list[str], pred: np.ndarray, wrong: np.ndarray,
-                   rng: np.random.Generator) -> None:  # fmt: skip
-    """8 x 8 'gradient' maps over the whole 8 x 8 image: noise, plus a bump on the box (2..5)
-    for correct predictions and off it (the corner) for wrong ones."""
+                   rng: np.random.Generator, side: int = 8) -> None:  # fmt: skip
+    """8 x 8 'gradient' maps over the whole side x side image: noise, plus a bump on the box
+    (map pixels 2..5) for correct predictions and off it (the corner) for wrong ones."""
     n = len(ids)
     maps = rng.normal(0, 0.3, (n, 8, 8)).astype(np.float32)
     maps[~wrong, 2:6, 2:6] += 2.0
@@ -132,7 +195,8 @@ def _saliency_maps(store: Store, ids: list[str], pred: np.ndarray, wrong: np.nda
             "class_index": np.array([CLASSES.index(p) for p in pred], np.int32),
             "height": np.full(n, 8, np.int32), "width": np.full(n, 8, np.int32),
             "map": [m.reshape(-1).tolist() for m in maps],
-            "x0": np.zeros(n), "y0": np.zeros(n), "x1": np.full(n, 8.0), "y1": np.full(n, 8.0),
+            "x0": np.zeros(n), "y0": np.zeros(n), "x1": np.full(n, float(side)),
+            "y1": np.full(n, float(side)),
             "computed_at": pa.nulls(n, pa.timestamp("us", tz="UTC")),
         },
         schema=schemas.SALIENCY_MAPS_SCHEMA,

@@ -33,7 +33,8 @@ def test_the_analyses_are_found():
 
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory):
-    return build(tmp_path_factory.mktemp("conformance") / "s")
+    # with a real (untrained) target and image files: some analyses run the model again
+    return build(tmp_path_factory.mktemp("conformance") / "s", with_model=True)
 
 
 @pytest.fixture(params=sorted(ANALYSES))
@@ -166,7 +167,7 @@ def test_stored_rows_have_exactly_the_declared_types(cls, planted):
 def test_dropping_a_run_drops_its_rows_in_every_table(cls, tmp_path):
     from failstore.queries.framework.runs import drop_runs
 
-    store = build(tmp_path / "s", n=400)
+    store = build(tmp_path / "s", n=400, with_model=True)
     est = cls().fit(store)
     kept = cls(**{**est.get_params(), **_another_run(cls)}).fit(store)
     assert kept.run_id_ != est.run_id_

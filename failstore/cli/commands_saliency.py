@@ -1,5 +1,6 @@
-"""Saliency commands: ``saliency`` (compute attribution maps into the store) and ``coverage``
-(Shared-Interest scores and cases of those maps, an analysis built from its declarations)."""
+"""Saliency commands: ``saliency`` (compute attribution maps into the store), ``coverage``
+(Shared-Interest scores and cases of those maps) and ``sanity`` (can each attribution method be
+trusted on this model?), the last two analyses built from their declarations."""
 
 from __future__ import annotations
 
@@ -162,9 +163,60 @@ def coverage(
     typer.echo(f"{len(cases)} images: {counts or 'none'}", err=True)
 
 
+SANITY_TABLE = ["method", "test", "metric", "figure", "low", "high", "verdict", "reason"]
+
+PlotOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--plot",
+        metavar="DIR",
+        help="Also draw the run's curves into DIR/<test>.png: each figure's mean (and standard "
+        "error) per randomised layer and method, or per group.",
+    ),
+]
+
+
+def sanity(ctx: typer.Context, est: Any, limit: int | None, fmt: Format, plot: Path | None) -> None:
+    """Can each attribution method be trusted on this model? Adebayo et al.'s debugging tests:
+    re-initialise the target's layers from the top (cascading, or --test independent) and
+    compare each method's maps with the trained model's, look for a suspected shortcut's
+    background (--test spurious), or compare with another model (--test reference).
+
+    A method fails when its maps stay similar after the whole model is randomised. Stored:
+    `failstore sql "SELECT * FROM sanity"` (verdicts), sanity_curves (the figures per layer);
+    the coverage query shows each method's verdict.
+
+    Example: failstore sanity --methods gradient,guided_backprop --images 50 --plot curves
+
+    Example: failstore sanity --test spurious --where "label = 'bird' AND attr_background = 'water'"
+    """
+    from failstore.queries.sanity.verdicts import VERDICTS_SCHEMA
+
+    store = state(ctx).open_store()
+    est.fit(store)
+    table = est.results_
+    table = table.select(SANITY_TABLE if fmt is Format.table else VERDICTS_SCHEMA.names)
+    if limit is not None:
+        table = table.slice(0, limit)
+    emit(table, fmt)
+    if plot is not None:
+        from failstore.queries.sanity.plots import curve_plots
+
+        written = curve_plots(est.read_table(store, "sanity_scores"), plot)
+        typer.echo(f"plots: {', '.join(str(p) for p in written)}", err=True)
+    verdicts = est.results_["verdict"].to_pylist()
+    counts = ", ".join(
+        f"{verdicts.count(v)} {v}" for v in sorted(set(verdicts), key=verdicts.index)
+    )
+    typer.echo(f"{len(verdicts)} methods: {counts or 'none'}", err=True)
+
+
 def register(app: typer.Typer) -> None:
     from failstore.queries.coverage.estimator import Coverage
+    from failstore.queries.sanity.estimator import Sanity
 
     app.command("saliency")(saliency)
     pictures = [extra_option("pictures", PicturesOpt, None)]
     app.command("coverage")(analysis_command(Coverage, coverage, OUTPUT + pictures))
+    plots = [extra_option("plot", PlotOpt, None)]
+    app.command("sanity")(analysis_command(Sanity, sanity, OUTPUT + plots))

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from failstore.demo.spec import PlantedSlice
+from failstore.queries.framework.intervals import diff_ci
 from failstore.store import Store, equals
 
 METHODS = ("gradient", "grad_cam")
@@ -55,21 +56,6 @@ class CoverageCheck:
 
     def row(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def diff_ci(
-    a: np.ndarray, b: np.ndarray, *, n_boot: int = 2000, level: float = LEVEL, seed: int = 0
-) -> tuple[float, float, float]:
-    """mean(a) - mean(b) and its percentile bootstrap interval (each group resampled on its own);
-    NaN values are left out; (nan, nan, nan) when a group has fewer than 2 values."""
-    a, b = a[np.isfinite(a)], b[np.isfinite(b)]
-    if a.size < 2 or b.size < 2:
-        return (float("nan"),) * 3
-    rng = np.random.default_rng(seed)
-    ma = a[rng.integers(0, a.size, (n_boot, a.size))].mean(axis=1)
-    mb = b[rng.integers(0, b.size, (n_boot, b.size))].mean(axis=1)
-    lo, hi = np.quantile(ma - mb, [(1 - level) / 2, (1 + level) / 2])
-    return float(a.mean() - b.mean()), float(lo), float(hi)
 
 
 def coverage_findings(

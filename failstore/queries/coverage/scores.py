@@ -25,6 +25,9 @@ import numpy as np
 import numpy.typing as npt
 
 from failstore.errors import InputError
+from failstore.queries.framework.intervals import mean_ci
+
+__all__ = ["mean_ci"]  # re-exported: it lived here first
 
 RULES = ("std", "top_percent")
 CASES_CORRECT = ("human aligned", "sufficient subset", "sufficient context", "context dependent")
@@ -255,32 +258,3 @@ def assign_cases(
         default=4,
     )
     return _CASE_TABLE[ok.astype(np.intp), kind]
-
-
-def mean_ci(
-    values: npt.ArrayLike, *, n_boot: int = 2000, level: float = 0.95, seed: int = 0
-) -> tuple[float, float, float]:
-    """(mean, low, high): the mean of the finite values of ``values`` (any shape; NaN and
-    infinite values are ignored) and the percentile bootstrap interval of that mean at
-    ``level``: the (1 - level) / 2 and (1 + level) / 2 percentiles (linear interpolation) of the
-    means of ``n_boot`` resamples with replacement drawn by ``np.random.default_rng(seed)``.
-    With fewer than 2 finite values the interval is (nan, nan), and the mean nan if there are
-    none. Resamples are drawn in chunks of at most ``_CHUNK_ELEMENTS`` indices.
-    """
-    if isinstance(n_boot, bool) or not isinstance(n_boot, numbers.Integral) or n_boot < 1:
-        raise InputError(f"n_boot: must be a positive integer, got {n_boot!r}")
-    if not (isinstance(level, numbers.Real) and 0.0 < level < 1.0):
-        raise InputError(f"level: must be a number in (0, 1), got {level!r}")
-    x = np.asarray(values, dtype=np.float64).ravel()
-    x = x[np.isfinite(x)]
-    if x.size < 2:
-        return (float(x[0]) if x.size else float("nan"), float("nan"), float("nan"))
-    rng = np.random.default_rng(seed)
-    means = np.empty(int(n_boot))
-    step = max(1, _CHUNK_ELEMENTS // x.size)
-    for start in range(0, int(n_boot), step):
-        stop = min(start + step, int(n_boot))
-        means[start:stop] = x[rng.integers(0, x.size, size=(stop - start, x.size))].mean(axis=1)
-    tail = 100.0 * (1.0 - float(level)) / 2.0
-    low, high = np.percentile(means, [tail, 100.0 - tail])
-    return float(x.mean()), float(low), float(high)

@@ -91,7 +91,7 @@ def compute_saliency(
         raise ConfigError(f"batch_size must be >= 1, got {opts.batch_size}")
     model = opts.model or default_model(store)
     params = method_params(opts.method, opts.params)
-    chosen = _select(store, model, opts)
+    chosen = select_images(store, model, opts)
     adapter: Any = load_model(store, model, opts.device)
     pre = adapter.preprocess
     resolution = opts.resolution or pre.crop
@@ -214,13 +214,13 @@ def _stored(store: Store, model: str, method: str, settings: str, explain: str) 
     return set(store.read(TABLE, ["image_id"], filter=where)["image_id"].to_pylist())
 
 
-def _select(store: Store, model: str, opts: SaliencyOptions) -> pa.Table:
+def select_images(store: Store, model: str, opts: SaliencyOptions) -> pa.Table:
     """image_id, uri, class (explained), class_index of the selected images, by image_id."""
     if opts.split is not None:
         check_known(store, "split", [opts.split], "split")
     if opts.classes:
         check_known(store, "label", list(opts.classes), "classes")
-    names = _class_names(store, model)
+    names = class_names(store, model)
     images = store.read("images", ["image_id", "uri", "label", "split"])
     preds = store.read(
         "predictions", ["image_id", "target", "prediction"], filter=equals("model", model)
@@ -263,7 +263,7 @@ def _select(store: Store, model: str, opts: SaliencyOptions) -> pa.Table:
     return table.slice(0, opts.limit) if opts.limit is not None else table
 
 
-def _class_names(store: Store, model: str) -> list[str]:
+def class_names(store: Store, model: str) -> list[str]:
     rows = store.read(
         "models", ["class_names"], filter=f"{equals('name', model)} AND role = 'target'"
     ).to_pylist()

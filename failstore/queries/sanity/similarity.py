@@ -33,6 +33,7 @@ __all__ = [
 F64 = npt.NDArray[np.float64]
 
 METRICS: tuple[str, ...] = ("rank_abs", "rank_signed", "ssim", "ssim_range1", "hog")
+HOG_MIN = 48  # HOG's default block: 3 x 3 cells of 16 pixels
 """The keys of :func:`compare`, in order."""
 
 _SIGMA = 1.5  # SSIM's Gaussian window, as scikit-image with gaussian_weights=True
@@ -257,8 +258,9 @@ def compare(original: npt.ArrayLike, other: npt.ArrayLike) -> dict[str, F64]:
     - ``ssim_range1``: the same with ``data_range=1.0`` (right for maps in 0..1);
     - ``hog``: ``hog_rank(abs_norm(o), abs_norm(x))``.
 
-    Both batches must be 4-D, of one shape and floating point (``ConfigError`` otherwise); maps
-    need at least 48 x 48 pixels (HOG's block).
+    Both batches must be 4-D, of one shape and floating point (``ConfigError`` otherwise);
+    ``hog`` is NaN for maps smaller than :data:`HOG_MIN` pixels a side (one HOG block) and the
+    SSIMs need 11 x 11.
     """
     o, x = np.asarray(original), np.asarray(other)
     for arr in (o, x):
@@ -276,7 +278,7 @@ def compare(original: npt.ArrayLike, other: npt.ArrayLike) -> dict[str, F64]:
         "rank_signed": spearman_rows(div_norm(o), div_norm(x)),
         "ssim": ssim(mo, mx, data_range=2.0),
         "ssim_range1": ssim(mo, mx, data_range=1.0),
-        "hog": hog_rank(ao, ax),
+        "hog": hog_rank(ao, ax) if min(o.shape[2:]) >= HOG_MIN else np.full(len(o), np.nan),
     }
 
 

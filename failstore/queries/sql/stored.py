@@ -20,6 +20,9 @@ Stored SQL may also use schema templates, filled from the store's actual ``image
   else a typed ``NULL AS "COLUMN"`` for the optional model columns (tags, clip_model...).
 * ``{{ other_columns(TABLE, ALIAS, COL, ...) }}``: ``, ALIAS."c"`` for every column of the table
   that is neither listed nor a fixed-size vector (``FLOAT[D]``), in table order.
+* ``{{ table_or_empty(TABLE) }}``: the analysis table ``TABLE`` when the store has it, else an
+  empty subquery with its declared columns, so a query can join an analysis that may not have
+  run yet (e.g. ``coverage`` shows each method's sanity verdict when there is one).
 """
 
 from __future__ import annotations
@@ -43,7 +46,9 @@ STORED_PREFIX = "_stored_"  # CTE name prefix of a stored query expanded into a 
 NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 HEADER_RE = re.compile(r"^--\s*([A-Za-z_]+)\s*:\s?(.*)$")
 HEADER_KEYS = ("name", "description", "param")
-TEMPLATE_RE = re.compile(r"\{\{\s*(column|other_columns)\s*\(([^)]*)\)\s*\}\}")
+TEMPLATE_RE = re.compile(
+    r"\{\{\s*(column|other_columns|table_or_empty)\s*\(([^)]*)\)\s*\}\}"
+)
 
 # SQL types of the optional model columns of `images`, for a NULL stand-in when absent.
 OPTIONAL_COLUMN_TYPES = {
@@ -261,6 +266,8 @@ def expand_templates(sql: str, tables: Mapping[str, pa.Schema] | None) -> str:
     def fill(m: re.Match) -> str:
         kind = m.group(1)
         args = [a.strip() for a in m.group(2).split(",") if a.strip()]
+        if kind == "table_or_empty":
+            return _table_or_empty(m.group(0), args, tables)
         if len(args) < 2 + (kind == "column") or not all(NAME_RE.match(a) for a in args):
             raise SqlRefused(f"bad template {m.group(0)!r}; write {kind}(TABLE, ALIAS, COLUMN...)")
         table, alias, *cols = args
@@ -284,6 +291,25 @@ def expand_templates(sql: str, tables: Mapping[str, pa.Schema] | None) -> str:
         )
 
     return TEMPLATE_RE.sub(fill, sql)
+
+
+def _table_or_empty(
+    template: str, args: list[str], tables: Mapping[str, pa.Schema] | None
+) -> str:
+    from failstore.queries.framework import registry
+
+    if len(args) != 1 or not NAME_RE.match(args[0]):
+        raise SqlRefused(f"bad template {template!r}; write table_or_empty(TABLE)")
+    (table,) = args
+    if tables is not None and table in tables:
+        return _quote(table)
+    declared = {t: a for t, a in registry.result_tables().items()}
+    if table not in declared:
+        raise SqlRefused(f"template {template!r} names {table!r}, which no analysis writes")
+    schema = registry.analyses()[declared[table]].tables()[table]
+    columns = [*schema, pa.field("run_id", pa.string())]
+    select = ", ".join(f"CAST(NULL AS {sql_type(f.type)}) AS {_quote(f.name)}" for f in columns)
+    return f"(SELECT {select} WHERE FALSE)"
 
 
 def sql_type(t: pa.DataType) -> str:
