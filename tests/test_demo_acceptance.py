@@ -253,3 +253,38 @@ def test_coverage_section_equals_a_recount_from_the_store(demo, method):
             (c, int(n)) for n, c in (part.split(" ", 1) for part in f.cases.split(", "))
         ).get("distractor", 0)
         assert distractors == r["distractors"], (label, f.cases)
+
+
+@pytest.mark.parametrize(
+    ("test", "method"),
+    [
+        ("cascading", "gradient"),
+        ("cascading", "integrated_gradients"),
+        pytest.param(
+            "cascading",
+            "guided_backprop",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="measured: after all 7 blocks of the demo net are re-initialised its "
+                "rank correlation is 0.32 (< 0.5), like the gradient's; its invariance shows on "
+                "the higher layers only (the next test); docs/sanity.md",
+            ),
+        ),
+        ("cascading", "guided_backprop - gradient"),
+        pytest.param(
+            "spurious",
+            "gradient",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="measured: dense gradient maps of the failing birds resemble the "
+                "background map slightly less than those of control birds (-0.008); docs/sanity.md",
+            ),
+        ),
+        ("spurious", "grad_cam"),
+    ],
+)
+def test_sanity_expectations(demo, test, method):
+    """Issue 13: the demo's sanity section, each expectation as measured (strict xfails for
+    the ones that do not hold, so that a change shows)."""
+    (f,) = [f for f in demo.sanity if f.test == test and f.method == method]
+    assert f.holds, f.row()

@@ -78,6 +78,7 @@ def print_report(result: Any) -> None:
     _barlow_table(con, result.barlow)
     _ces_table(con, result.ces)
     _coverage_tables(con, result.coverage, result.coverage_checks)
+    _sanity_table(con, result.sanity)
     con.print("see the images:")
     for f in result.findings:
         con.print(f'  failstore --store {store} sql "{f.sql}"', soft_wrap=True)
@@ -115,6 +116,21 @@ def _ces_table(con: Any, findings: list[Any]) -> None:
         t.add_column(col)
     for f in findings:
         t.add_row(f.planted, str(f.images), _pct(f.singles), _pct(f.sets), _pct(f.control))
+    con.print(t)
+
+
+def _sanity_table(con: Any, findings: list[Any]) -> None:
+    from rich.table import Table
+
+    if not findings:
+        return
+    t = Table(title="can each attribution method be trusted? (debugging tests, test split)")
+    for col in ("test", "method", "figure", "95 % interval", "verdict", "expected", "holds"):
+        t.add_column(col)
+    for f in findings:
+        fig = "-" if f.figure is None else f"{f.metric} {f.figure:.3f}"
+        ci = "-" if f.low is None else f"{f.low:.3f} .. {f.high:.3f}"
+        t.add_row(f.test, f.method, fig, ci, f.verdict, f.expected, "yes" if f.holds else "no")
     con.print(t)
 
 

@@ -43,6 +43,7 @@ class DemoResult:
     ces: list[Any] = field(default_factory=list)
     coverage: list[Any] = field(default_factory=list)
     coverage_checks: list[Any] = field(default_factory=list)
+    sanity: list[Any] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -60,6 +61,7 @@ class DemoResult:
             "ces": [f.row() for f in self.ces],
             "coverage": [f.row() for f in self.coverage],
             "coverage_checks": [c.row() for c in self.coverage_checks],
+            "sanity": [f.row() for f in self.sanity],
             "seconds": self.seconds,
         }
 
@@ -163,6 +165,9 @@ def run_demo(
     t4 = time.perf_counter()
     coverage, coverage_checks = _coverage_findings(store, planted, log)
     seconds["saliency"] = time.perf_counter() - t4
+    t5 = time.perf_counter()
+    sanity = _sanity_findings(store, planted, log)
+    seconds["sanity"] = time.perf_counter() - t5
     seconds["analyses"] = time.perf_counter() - t3
     seconds["total"] = time.perf_counter() - t0
     return DemoResult(
@@ -180,6 +185,7 @@ def run_demo(
         ces=ces,
         coverage=coverage,
         coverage_checks=coverage_checks,
+        sanity=sanity,
     )
 
 
@@ -302,6 +308,13 @@ def _coverage_findings(store: Store, planted: list[Any], log: Log) -> tuple[list
     from failstore.demo.coverage_findings import coverage_findings
 
     return coverage_findings(store, planted, HOLDOUT_SPLIT, log=log)
+
+
+def _sanity_findings(store: Store, planted: list[Any], log: Log) -> list[Any]:
+    """Explanation debugging tests of three methods on the test split (docs/sanity.md)."""
+    from failstore.demo.sanity_findings import sanity_findings
+
+    return sanity_findings(store, planted, HOLDOUT_SPLIT, log=log)
 
 
 def dumps(result: DemoResult) -> str:
