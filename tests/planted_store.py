@@ -108,8 +108,10 @@ def build(path: Path, n: int = 1200, seed: int = 0, with_model: bool = False) ->
             "label": label,
             "width": np.full(n, side, np.int32),
             "height": np.full(n, side, np.int32),
-            "boxes": [[{"label": b, "x0": box[0], "y0": box[0], "x1": box[1], "y1": box[1]}]
-                      for b in label],  # fmt: skip
+            "boxes": [
+                [{"label": b, "x0": box[0], "y0": box[0], "x1": box[1], "y1": box[1]}]
+                for b in label
+            ],
             "mask": pa.nulls(n, pa.binary()),
             "ingested_at": pa.nulls(n, pa.timestamp("us", tz="UTC")),
             "attr_background": bg,

@@ -91,12 +91,20 @@ def _write_world(root: Path) -> Path:
         mask = np.zeros((SIDE, SIDE), np.uint8)
         mask[where] = 255
         Image.fromarray(mask).save(root / f"mask{i}.png")
-        rows.append({"path": str(root / f"img{i}.png"), "label": label, "split": "test",
-                     "mask_path": str(root / f"mask{i}.png"), "pos": pos})  # fmt: skip
+        rows.append(
+            {
+                "path": str(root / f"img{i}.png"),
+                "label": label,
+                "split": "test",
+                "mask_path": str(root / f"mask{i}.png"),
+                "pos": pos,
+            }
+        )
     manifest = root / "manifest.csv"
     lines = ["path,label,split,mask_path,pos"]
-    lines += [",".join(str(r[k]) for k in ("path", "label", "split", "mask_path", "pos"))
-              for r in rows]  # fmt: skip
+    lines += [
+        ",".join(str(r[k]) for k in ("path", "label", "split", "mask_path", "pos")) for r in rows
+    ]
     manifest.write_text("\n".join(lines) + "\n")
     return manifest
 
@@ -109,8 +117,12 @@ def world(tmp_path_factory: pytest.TempPathFactory):
     try:
         manifest = _write_world(root)
         for factory in ("make_other", "make_twin", "make_aux", "make"):  # "make" last: default
-            ingest(root / "store", IngestOptions(source=manifest, workers=0, batch_size=4,
-                                                 target=f"fs_sanity_lin:{factory}"))  # fmt: skip
+            ingest(
+                root / "store",
+                IngestOptions(
+                    source=manifest, workers=0, batch_size=4, target=f"fs_sanity_lin:{factory}"
+                ),
+            )
         yield Store(root / "store"), root
     finally:
         sys.path.remove(str(root))
@@ -132,9 +144,16 @@ def _ssim(a: np.ndarray, b: np.ndarray, data_range: float) -> float:
         m = m.astype(np.float64)
         return ((m - m.min()) / (m.max() - m.min())).transpose(1, 2, 0)
 
-    return float(skimage_metrics.structural_similarity(
-        mm(a), mm(b), data_range=data_range, gaussian_weights=True,
-        use_sample_covariance=True, channel_axis=-1))  # fmt: skip
+    return float(
+        skimage_metrics.structural_similarity(
+            mm(a),
+            mm(b),
+            data_range=data_range,
+            gaussian_weights=True,
+            use_sample_covariance=True,
+            channel_axis=-1,
+        )
+    )
 
 
 def _weights(store: Store, model: str) -> np.ndarray:
@@ -144,8 +163,10 @@ def _weights(store: Store, model: str) -> np.ndarray:
 
 
 def _rows(est, store: Store) -> list[dict]:
-    return sorted(est.read_table(store, "sanity_scores").to_pylist(),
-                  key=lambda r: (r["method"], r["step"], r["group"] or "", r["image_id"]))  # fmt: skip
+    return sorted(
+        est.read_table(store, "sanity_scores").to_pylist(),
+        key=lambda r: (r["method"], r["step"], r["group"] or "", r["image_id"]),
+    )
 
 
 # ---------------------------------------------------------------- tests
@@ -212,8 +233,9 @@ def test_a_layer_that_cannot_change_the_maps_fails_the_test(world):
     from failstore.queries.sanity import Sanity
 
     store, _ = world
-    est = Sanity(model="fs_sanity_lin:make_aux", methods=["gradient", "input_x_gradient"],
-                 layers=["aux"]).fit(store)  # fmt: skip
+    est = Sanity(
+        model="fs_sanity_lin:make_aux", methods=["gradient", "input_x_gradient"], layers=["aux"]
+    ).fit(store)
     for v in est.results_.to_pylist():
         assert v["verdict"] == "fails" and v["figure"] == pytest.approx(1.0), v
         assert "keep a mean of 1.000 (>= 0.5) over 12 images" in v["reason"]
@@ -222,15 +244,18 @@ def test_a_layer_that_cannot_change_the_maps_fails_the_test(world):
     assert [(r["step"], r["layer"]) for r in rows[::12]] == [(1, "aux"), (2, "head")]
     assert all(r["rank_abs"] == pytest.approx(1.0) for r in rows if r["step"] == 1)
     assert full.results_["verdict"].to_pylist() == ["passes"]
-    assert full.results_["reason"][0].as_py().endswith(
-        "; it stays >= 0.5 through 1 of 2 steps (down to aux)"
+    assert (
+        full.results_["reason"][0]
+        .as_py()
+        .endswith("; it stays >= 0.5 through 1 of 2 steps (down to aux)")
     )
     top = Sanity(model="fs_sanity_lin:make_aux", methods=["gradient"], verdict_step=1).fit(store)
     (v,) = top.results_.to_pylist()
     assert v["verdict"] == "fails" and v["figure"] == pytest.approx(1.0)
     assert v["reason"].startswith("after the top 1 of 2 blocks are randomised (down to aux) its ")
-    independent = Sanity(model="fs_sanity_lin:make_aux", methods=["gradient"],
-                         test="independent").fit(store)  # fmt: skip
+    independent = Sanity(
+        model="fs_sanity_lin:make_aux", methods=["gradient"], test="independent"
+    ).fit(store)
     (v,) = independent.results_.to_pylist()
     assert v["verdict"] == "passes" and "randomising head alone changes it most" in v["reason"]
 
@@ -242,8 +267,14 @@ def test_spurious_background_shows_on_the_suspected_images(world):
     from failstore.queries.sanity.similarity import ssim_to_map
 
     store, _ = world
-    est = Sanity(model="fs_sanity_lin:make", methods=["gradient"], test="spurious",
-                 where="pos = 'centre'", classes=["square"], explain="label").fit(store)  # fmt: skip
+    est = Sanity(
+        model="fs_sanity_lin:make",
+        methods=["gradient"],
+        test="spurious",
+        where="pos = 'centre'",
+        classes=["square"],
+        explain="label",
+    ).fit(store)
     rows = _rows(est, store)
     groups = {g: [r for r in rows if r["group"] == g] for g in ("slice", "control")}
     assert (len(groups["slice"]), len(groups["control"])) == (4, 4)
@@ -254,8 +285,8 @@ def test_spurious_background_shows_on_the_suspected_images(world):
     corner_bg[CORNER] = 0
     want = float(ssim_to_map(w[None], corner_bg[None])[0])
     by_hand = skimage_metrics.structural_similarity(
-        _abs_norm(w), corner_bg, data_range=2.0, gaussian_weights=True,
-        use_sample_covariance=True)  # fmt: skip
+        _abs_norm(w), corner_bg, data_range=2.0, gaussian_weights=True, use_sample_covariance=True
+    )
     assert want == pytest.approx(by_hand, abs=1e-9)
     for r in groups["control"]:
         assert r["ssim"] == pytest.approx(by_hand, abs=1e-9)
@@ -268,12 +299,21 @@ def test_reference_model_tells_other_weights_apart_and_not_the_same_ones(world):
     from failstore.queries.sanity import Sanity
 
     store, _ = world
-    same = Sanity(model="fs_sanity_lin:make", methods=["gradient"], test="reference",
-                  reference_model="fs_sanity_lin:make_twin").fit(store)  # fmt: skip
+    same = Sanity(
+        model="fs_sanity_lin:make",
+        methods=["gradient"],
+        test="reference",
+        reference_model="fs_sanity_lin:make_twin",
+    ).fit(store)
     (v,) = same.results_.to_pylist()
     assert v["figure"] == pytest.approx(1.0) and v["verdict"] == "does not tell them apart"
-    other = Sanity(model="fs_sanity_lin:make", methods=["gradient"], test="reference",
-                   reference_model="fs_sanity_lin:make_other", explain="label").fit(store)  # fmt: skip
+    other = Sanity(
+        model="fs_sanity_lin:make",
+        methods=["gradient"],
+        test="reference",
+        reference_model="fs_sanity_lin:make_other",
+        explain="label",
+    ).fit(store)
     (v,) = other.results_.to_pylist()
     w0, w1 = _weights(store, "fs_sanity_lin:make"), _weights(store, "fs_sanity_lin:make_other")
     labels = {r["image_id"]: r["label"] for r in store.read("images").to_pylist()}
@@ -288,21 +328,34 @@ def test_reference_model_tells_other_weights_apart_and_not_the_same_ones(world):
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"test": "spurious"}, "test 'spurious' needs the suspected shortcut's images: "
-         "--slice TAGS or --where SQL"),
-        ({"test": "reference"}, "test 'reference' needs --reference-model (another target "
-         "model of the store)"),
-        ({"test": "reference", "reference_model": "fs_sanity_lin:make"},
-         "--reference-model is the model under test; name another one"),
-        ({"reference_model": "x"}, "--reference-model applies to --test reference, not "
-         "'cascading'"),
-        ({"test": "spurious", "where": "true", "metric": "hog"}, "test 'spurious' compares maps "
-         "with the background by rank_abs, ssim, ssim_range1; --metric hog is not one of them"),
+        (
+            {"test": "spurious"},
+            "test 'spurious' needs the suspected shortcut's images: --slice TAGS or --where SQL",
+        ),
+        (
+            {"test": "reference"},
+            "test 'reference' needs --reference-model (another target model of the store)",
+        ),
+        (
+            {"test": "reference", "reference_model": "fs_sanity_lin:make"},
+            "--reference-model is the model under test; name another one",
+        ),
+        (
+            {"reference_model": "x"},
+            "--reference-model applies to --test reference, not 'cascading'",
+        ),
+        (
+            {"test": "spurious", "where": "true", "metric": "hog"},
+            "test 'spurious' compares maps "
+            "with the background by rank_abs, ssim, ssim_range1; --metric hog is not one of them",
+        ),
         ({"layers": ["fc9"]}, "unknown layer 'fc9'; the model's layers are: 1"),
-        ({"where": "pos = 'nowhere'"}, "found 0 images (split test; where pos = 'nowhere'); "
-         "the test needs at least 2"),
+        (
+            {"where": "pos = 'nowhere'"},
+            "found 0 images (split test; where pos = 'nowhere'); the test needs at least 2",
+        ),
     ],
-)  # fmt: skip
+)
 def test_bad_requests_are_one_line_errors_and_write_nothing(world, kwargs, message):
     from failstore.queries.sanity import Sanity
 
@@ -325,19 +378,28 @@ def test_stored_queries_curves_and_coverage_carry_the_verdict(world):
     model = "fs_sanity_lin:make_aux"
     compute_saliency(store, SaliencyOptions(model=model, method="gradient"))
     Coverage(model=model, method="gradient").fit(store)
-    before = run_sql(store, "SELECT DISTINCT sanity FROM coverage WHERE model = $m",
-                     params={"m": model})  # fmt: skip
+    before = run_sql(
+        store, "SELECT DISTINCT sanity FROM coverage WHERE model = $m", params={"m": model}
+    )
     est = Sanity(model=model, methods=["gradient"], layers=["aux"]).fit(store)
-    shown = run_sql(store, "SELECT DISTINCT sanity, sanity_reason FROM coverage "
-                    "WHERE model = $m", params={"m": model}).to_pylist()  # fmt: skip
-    assert shown == [{"sanity": "fails",
-                      "sanity_reason": est.results_["reason"][0].as_py()}]  # fmt: skip
+    shown = run_sql(
+        store,
+        "SELECT DISTINCT sanity, sanity_reason FROM coverage WHERE model = $m",
+        params={"m": model},
+    ).to_pylist()
+    assert shown == [{"sanity": "fails", "sanity_reason": est.results_["reason"][0].as_py()}]
     assert before["sanity"].to_pylist() in ([None], ["passes"], ["fails"])
-    verdicts = run_sql(store, "SELECT run_id, verdict FROM sanity WHERE model = $m "
-                       "AND test = 'cascading'", params={"m": model}).to_pylist()  # fmt: skip
+    verdicts = run_sql(
+        store,
+        "SELECT run_id, verdict FROM sanity WHERE model = $m AND test = 'cascading'",
+        params={"m": model},
+    ).to_pylist()
     assert verdicts == [{"run_id": est.run_id_, "verdict": "fails"}]
-    curves = run_sql(store, "SELECT * FROM sanity_curves WHERE model = $m AND test = 'cascading'",
-                     params={"m": model}).to_pylist()  # fmt: skip
+    curves = run_sql(
+        store,
+        "SELECT * FROM sanity_curves WHERE model = $m AND test = 'cascading'",
+        params={"m": model},
+    ).to_pylist()
     rows = _rows(est, store)
     (c,) = curves
     assert (c["step"], c["layer"], c["images"]) == (1, "aux", 12)
@@ -351,21 +413,51 @@ def test_cli_prints_verdicts_and_plots_curves(world, tmp_path):
     store, root = world
     env = {"PYTHONPATH": f"{root}:{Path(__file__).resolve().parents[1]}", "PATH": "/usr/bin:/bin"}
     r = subprocess.run(
-        [sys.executable, "-c", "from failstore.cli.app import main; main()", "--store",
-         str(store.path), "sanity", "--model", "fs_sanity_lin:make_aux", "--methods",
-         "gradient,input_x_gradient", "--layers", "aux", "--images", "6", "--plot",
-         str(tmp_path / "plots"), "--format", "csv"],
-        capture_output=True, text=True, env=env, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            "from failstore.cli.app import main; main()",
+            "--store",
+            str(store.path),
+            "sanity",
+            "--model",
+            "fs_sanity_lin:make_aux",
+            "--methods",
+            "gradient,input_x_gradient",
+            "--layers",
+            "aux",
+            "--images",
+            "6",
+            "--plot",
+            str(tmp_path / "plots"),
+            "--format",
+            "csv",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     lines = r.stdout.strip().splitlines()
     assert lines[0].startswith("model,method,")
     assert len(lines) == 3 and all(",fails," in line for line in lines[1:])
     assert (tmp_path / "plots" / "cascading.png").is_file()
     bad = subprocess.run(
-        [sys.executable, "-c", "from failstore.cli.app import main; main()", "--store",
-         str(store.path), "sanity", "--test", "spurious"],
-        capture_output=True, text=True, env=env, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            "from failstore.cli.app import main; main()",
+            "--store",
+            str(store.path),
+            "sanity",
+            "--test",
+            "spurious",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert bad.returncode != 0
     assert "needs the suspected shortcut's images" in bad.stderr
