@@ -61,3 +61,9 @@ class SqlTooLarge(SqlError):
 
 class IngestError(FailstoreError):
     """An ingest that cannot proceed (nothing ingested, or --strict and some images failed)."""
+
+
+class PublishError(FailstoreError):
+    """PostgreSQL refused a connection or a publish (the previous published state is intact)."""
+
+    exit_code = 3

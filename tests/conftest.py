@@ -54,3 +54,15 @@ def colour_folder_with_bad(tmp_path: Path) -> Path:
     root = write_colour_folder(tmp_path / "images")
     (root / "red" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
     return root
+
+
+@pytest.fixture(scope="session")
+def pg():
+    """A throwaway PostgreSQL server (tests/pg_server.py), one per test process."""
+    import pg_server
+
+    server = pg_server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "commands_analyses",
     "commands_saliency",
     "commands_runs",
+    "commands_feeds",
     "commands_demo",
 )
 # Which module registers each command that does not depend on the analyses found at run time.
@@ -39,6 +40,8 @@ CORE_COMMANDS = {
     "compact": "commands_runs",
     "demo": "commands_demo",
     "saliency": "commands_saliency",
+    "publish": "commands_feeds",
+    "export": "commands_feeds",
 }
 GLOBAL_OPTIONS = {"--store": True, "--debug": False}  # option -> takes a value
 

@@ -9,8 +9,9 @@ under a time limit (``config.DEFAULT_SQL_TIMEOUT_S`` unless given).
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import duckdb
@@ -126,6 +127,57 @@ class SqlEngine:
                 for name in registered:
                     con.unregister(name)
 
+    def tables_read(self, sql: str, *, params: Mapping[str, str] | None = None) -> frozenset[str]:
+        """The store tables ``sql`` reads, stored queries expanded (raises like ``execute``)."""
+        return self._guarded(sql, params, None).tables
+
+    @contextlib.contextmanager
+    def stream(
+        self,
+        sql: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        batch_rows: int = RESULT_BATCH_ROWS,
+    ) -> Iterator[ResultStream]:
+        """The result of one guarded query as a stream of batches of at most ``batch_rows``
+        rows, with no row or byte cap: memory stays bounded by the batch (and by DuckDB's own
+        memory limit), for callers that copy whole results elsewhere (publish, export). The
+        time limit covers the whole stream; the datasets stay registered until the block
+        ends."""
+        query = self._guarded(sql, params, None)
+        con = self.connection or locked_connection()
+        registered: list[str] = []
+        timed_out = threading.Event()
+
+        def interrupt() -> None:
+            timed_out.set()
+            con.interrupt()
+
+        timer = threading.Timer(self.timeout_s, interrupt)
+        timer.daemon = True
+        try:
+            for name in sorted(query.tables):
+                if name not in self.datasets:
+                    raise SqlRefused(f"table {name!r} has no data in this store yet")
+                con.register(name, self.datasets[name]())
+                registered.append(name)
+            timer.start()
+            try:
+                reader = con.sql(query.sql).to_arrow_reader(batch_rows)
+            except duckdb.Error as e:
+                raise query_failed(e) from e
+            try:
+                yield ResultStream(reader, timed_out, self.timeout_s)
+            finally:
+                reader.close()
+        finally:
+            timer.cancel()
+            if self.connection is None:
+                con.close()
+            else:
+                for name in registered:
+                    con.unregister(name)
+
     def _guarded(
         self, sql: str, params: Mapping[str, str] | None, dialect: str | None
     ) -> GuardedQuery:
@@ -179,3 +231,32 @@ class SqlEngine:
             raise query_failed(e) from e
         finally:
             timer.cancel()
+
+
+class ResultStream:
+    """A result stream whose DuckDB errors (a timeout included) surface as failstore's SQL
+    errors while it is read."""
+
+    def __init__(self, reader: pa.RecordBatchReader, timed_out: threading.Event, limit: float):
+        self._reader = reader
+        self._timed_out = timed_out
+        self._limit = limit
+        self.schema = reader.schema
+
+    def __iter__(self) -> Iterator[pa.RecordBatch]:
+        while True:
+            try:
+                batch = self._reader.read_next_batch()
+            except StopIteration:
+                return
+            except (duckdb.Error, pa.ArrowException) as e:
+                if self._timed_out.is_set() or isinstance(e, duckdb.InterruptException):
+                    raise SqlTimeout(
+                        f"query ran longer than {self._limit:g} s", hint="raise the time limit"
+                    ) from e
+                raise query_failed(e) from e
+            yield batch
+
+    def reader(self) -> pa.RecordBatchReader:
+        """The stream as a pyarrow reader (for consumers that take one, e.g. ADBC's ingest)."""
+        return pa.RecordBatchReader.from_batches(self.schema, iter(self))

@@ -74,18 +74,32 @@ class SqlSession:
         timeout_s: float = config.DEFAULT_SQL_TIMEOUT_S,
     ) -> pa.Table:
         """Run one read-only query; returns Arrow."""
+        engine = self.engine(timeout_s=timeout_s)
+        return engine.execute(query, params=params, dialect=dialect)
+
+    def engine(
+        self,
+        *,
+        versions: Mapping[str, int] | None = None,
+        timeout_s: float = config.DEFAULT_SQL_TIMEOUT_S,
+    ) -> SqlEngine:
+        """An engine over this store's tables, each read at ``versions[name]`` when given (a
+        consistent snapshot for a run of queries, e.g. a publish), else at its latest."""
         check_timeout(timeout_s)
         store = self.store
         names = store.table_names()
-        engine = SqlEngine(
-            datasets={n: _opener(store, n) for n in names},
-            schemas={n: store.schema(n) for n in names},
+        pinned = dict(versions or {})
+        return SqlEngine(
+            datasets={n: _opener(store, n, pinned.get(n)) for n in names},
+            schemas={
+                n: store.dataset(n, pinned[n]).schema if n in pinned else store.schema(n)
+                for n in names
+            },
             stored=self.stored_queries(),
             timeout_s=timeout_s,
             connection=self._connection(),
             missing_hint=_explain_missing,
         )
-        return engine.execute(query, params=params, dialect=dialect)
 
     def _connection(self) -> Any:
         """This thread's cursor of the session's connection: DuckDB connections are not safe
@@ -212,8 +226,8 @@ def reserved_table_names() -> set[str]:
     return {*schemas.KEYS, *schemas.CORE_TABLES, *registry.result_tables()}
 
 
-def _opener(store: Store, name: str) -> Callable[[], Any]:
-    return lambda: store.dataset(name)
+def _opener(store: Store, name: str, version: int | None = None) -> Callable[[], Any]:
+    return lambda: store.dataset(name, version)
 
 
 _CREATE = threading.Lock()

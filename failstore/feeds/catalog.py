@@ -1,0 +1,130 @@
+"""What a publish or an export writes: every table of the store and the result of every stored
+query (built-in, analysis and saved) at its defaults, plus stored queries asked for with other
+parameters; each read at the versions pinned when the run started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from failstore.errors import ConfigError, SqlError
+from failstore.feeds.columns import Conventions, conventions, quote
+from failstore.queries.sql.engine import ResultStream, SqlEngine
+
+MAX_NAME = 63  # PostgreSQL's identifier length
+NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+@dataclass(frozen=True)
+class QueryRequest:
+    """``--query NAME --param k=v [--as TABLE]``: a stored query with other parameters."""
+
+    query: str
+    params: Mapping[str, str] = field(default_factory=dict)
+    as_name: str | None = None
+
+    def published_name(self) -> str:
+        if self.as_name:
+            return self.as_name
+        parts = [self.query, *(f"{k}_{v}" for k, v in sorted(self.params.items()))]
+        name = re.sub(r"[^A-Za-z0-9_]+", "_", "__".join(parts)).strip("_").lower()
+        return name[:MAX_NAME]
+
+
+@dataclass(frozen=True)
+class Feed:
+    """One published object: a table, or a stored query's result with its parameters."""
+
+    name: str  # the name it is published under
+    kind: str  # "table" or "query"
+    source: str  # the table or stored query
+    params: tuple[tuple[str, str], ...]  # parameters given (the others take their defaults)
+    sources: Mapping[str, int]  # the tables it reads, at their pinned versions
+    digest: str  # of the SQL that makes it: a changed stored query is published again
+
+    @property
+    def sql(self) -> str:
+        return f"SELECT * FROM {quote(self.source)}"
+
+
+@dataclass(frozen=True)
+class Skipped:
+    name: str
+    reason: str
+
+
+def plan(
+    engine: SqlEngine,
+    versions: Mapping[str, int],
+    requests: Sequence[QueryRequest] = (),
+) -> tuple[list[Feed], list[Skipped]]:
+    """The feeds of one run: every table, every stored query at its defaults, and the
+    requested queries. A stored query that cannot run on this store (a required parameter, an
+    analysis that has not run) is skipped with the reason."""
+    feeds = [
+        Feed(name, "table", name, (), {name: versions[name]}, f"table:{name}")
+        for name in sorted(versions)
+    ]
+    skipped: list[Skipped] = []
+    taken = {f.name.lower() for f in feeds}
+    wanted = [QueryRequest(name) for name in sorted(engine.stored)]
+    for r in requests:
+        if r.query not in engine.stored:
+            known = ", ".join(sorted(engine.stored))
+            raise ConfigError(f"--query {r.query}: no such stored query", hint=f"known: {known}")
+        wanted.append(r)
+    for r in wanted:
+        name = r.published_name()
+        if r.as_name is not None and not NAME_RE.match(name):
+            raise ConfigError(
+                f"--as {name!r} is not a plain SQL name", hint="use letters, digits and _"
+            )
+        if name.lower() in taken:
+            if r.params or r.as_name:
+                raise ConfigError(
+                    f"--query {r.query}: the name {name!r} is taken", hint="name it with --as"
+                )
+            continue
+        query = engine.stored[r.query]
+        missing = [p.name for p in query.parameters if p.default is None and p.name not in r.params]
+        if missing:
+            how = " ".join(f"--param {m}=VALUE" for m in missing)
+            skipped.append(Skipped(name, f"needs {how} (give it with --query {r.query} {how})"))
+            continue
+        try:
+            guarded = engine.guard(f"SELECT * FROM {quote(r.query)}", params=r.params)
+            read = engine.tables_read(f"SELECT * FROM {quote(r.query)}", params=r.params)
+        except SqlError as e:
+            skipped.append(Skipped(name, e.one_line()))
+            continue
+        taken.add(name.lower())
+        digest = hashlib.sha256(guarded.encode()).hexdigest()[:16]
+        params = tuple(sorted(r.params.items()))
+        feeds.append(Feed(name, "query", r.query, params, {t: versions[t] for t in read}, digest))
+    return feeds, skipped
+
+
+@contextlib.contextmanager
+def stream(
+    engine: SqlEngine,
+    feed: Feed,
+    target: str,
+    *,
+    with_vectors: bool = False,
+    batch_rows: int = 65536,
+) -> Iterator[tuple[ResultStream, Conventions]]:
+    """The feed's rows with the target's column conventions, batch by batch."""
+    params = dict(feed.params)
+    if feed.kind == "table":
+        schema = engine.schemas[feed.source]
+    else:
+        with engine.stream(f"{feed.sql} LIMIT 0", params=params) as probe:
+            schema = probe.schema
+    conv = conventions(schema, target, with_vectors=with_vectors)
+    sql = f"SELECT {conv.select} FROM {quote(feed.source)} AS src"
+    with engine.stream(sql, params=params, batch_rows=batch_rows) as rows:
+        yield rows, conv
