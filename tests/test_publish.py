@@ -177,6 +177,29 @@ def test_only_what_changed_is_copied_again(store, pg):
     assert full.kept == [] and len(full.published) == len(first.published)
 
 
+def test_saved_queries_are_published_and_follow_their_sql(store, pg):
+    from failstore.queries.sql.session import make_user_query, session
+
+    schema = new_schema()
+    publish(store, pg.url, schema=schema)
+    sql = session(store)
+    sql.save_query(make_user_query("dogs", "SELECT count(*) AS n FROM images WHERE label = 'dog'"))
+    saved = publish(store, pg.url, schema=schema)
+    # saving a query writes saved_queries: the new query and that table are copied, and
+    # every stored query again (the set of stored queries changed: their keys did)
+    assert {"dogs", "saved_queries"} <= {p.name for p in saved.published}
+    assert "images" in saved.kept
+    dogs = store.count("images", "label = 'dog'")
+    assert pg_scalar(pg.url, f"SELECT n FROM {schema}.dogs") == dogs
+    sql.save_query(
+        make_user_query("dogs", "SELECT count(*) AS n FROM images WHERE label <> 'dog'"),
+        replace=True,
+    )
+    replaced = publish(store, pg.url, schema=schema)
+    assert "dogs" in {p.name for p in replaced.published}
+    assert pg_scalar(pg.url, f"SELECT n FROM {schema}.dogs") == store.count("images") - dogs
+
+
 def test_extra_queries_with_parameters_come_and_go(store, pg):
     schema = new_schema()
     asked = QueryRequest("class_error_rates", {"grouping": "prediction"})
@@ -315,18 +338,23 @@ def test_concurrent_readers_see_the_old_or_the_new_state_never_a_mix(store, pg):
         except BaseException as e:  # reported below
             errors.append(e)
 
+    def wait_for(state: tuple, count: int) -> None:
+        end = time.monotonic() + 60
+        while seen.count(state) < count and time.monotonic() < end and not errors:
+            time.sleep(0.02)
+
     threads = [threading.Thread(target=reader) for _ in range(3)]
     for t in threads:
         t.start()
-    time.sleep(0.3)
+    wait_for(old, 6)  # the readers are reading before the publish starts
     publish(store, pg.url, schema=schema)
-    time.sleep(0.5)
+    new = (old[0], 2 * old[1], 2 * old[2], 2)
+    wait_for(new, 6)  # and after it
     stop.set()
     for t in threads:
         t.join(timeout=60)
     assert not errors, errors
-    new = tuple(pg_table(pg.url, q).to_pylist()[0].values())
-    assert new == (old[0], 2 * old[1], 2 * old[2], 2)
+    assert tuple(pg_table(pg.url, q).to_pylist()[0].values()) == new
     assert set(seen) <= {old, new}, set(seen) - {old, new}
     assert old in seen and new in seen
 

@@ -4,7 +4,7 @@ hold, decided from the Arrow type of each column.
 * **Bulky columns** are left out unless ``with_vectors``: vectors (a fixed-size list of numbers,
   or a list of single-precision floats: embeddings, probabilities, saliency maps, CAVs, model
   heads) and binary values (masks). With ``with_vectors`` they are kept, fixed-size lists as
-  plain lists (PostgreSQL ``real[]``).
+  plain lists (PostgreSQL ``real[]``), binary values as base64 text in CSV.
 * **Timestamps** carry a time zone: a naive timestamp is read as UTC.
 * **Nested values**: lists of scalars stay arrays (PostgreSQL ``text[]``, ``bigint[]``...),
   except in CSV; a struct, a map, a list of structs or a list of lists becomes JSON text
@@ -84,6 +84,8 @@ def conventions(schema: pa.Schema, target: str, *, with_vectors: bool = False) -
             expr = f"CAST({col} AS {WIDER[str(t)]})"
         elif pa.types.is_dictionary(t):
             expr = f"CAST({col} AS VARCHAR)"
+        elif (pa.types.is_binary(t) or pa.types.is_large_binary(t)) and target == "csv":
+            expr = f"base64({col})"
         elif pa.types.is_nested(t) and target in JSON_TARGETS:
             arrays_ok = target == "postgresql" and _is_scalar_list(t)
             if not arrays_ok:

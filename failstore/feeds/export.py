@@ -139,7 +139,7 @@ def _duckdb_file(
             for feed in tables:
                 _copy(con, engine, feed, summary, with_vectors, batch_rows, say)
             for feed in queries:
-                sql = engine.guard(feed.sql, params=dict(feed.params))
+                sql = engine.guard(feed.sql, params=dict(feed.params))  # the view's body
                 t0 = time.perf_counter()
                 try:
                     con.execute(f"CREATE VIEW {quote(feed.name)} AS {sql}")

@@ -71,7 +71,12 @@ def server_reason(error: BaseException, url: str) -> str:
     text = re.sub(r"^Failed to connect: ", "", text)
     text = re.sub(r'^connection to server at "[^"]*"(, port \d+)? failed: ', "", text)
     text = re.sub(r"^FATAL:\s+", "", text)
-    return " ".join(text.split())
+    # a refused statement: the server's ERROR and DETAIL, not the statement (it may be long)
+    found = re.search(r"\bERROR:\s.*", text, flags=re.S)
+    if found:
+        text = found.group(0)
+    text = " ".join(text.split())
+    return text if len(text) <= 400 else text[:397] + "..."
 
 
 def connect(target: Target) -> Any:

@@ -44,7 +44,9 @@ BOOK_DDL = """CREATE TABLE IF NOT EXISTS {schema}.{book} (
     rows bigint NOT NULL,
     left_out text[] NOT NULL,
     published_at timestamptz NOT NULL,
-    store text NOT NULL
+    store text NOT NULL,
+    plan_key text NOT NULL,
+    digest text NOT NULL
 )"""
 
 
@@ -138,11 +140,12 @@ def publish(
     started = time.perf_counter()
     versions = store.versions()
     engine = session(store).engine(versions=versions, timeout_s=timeout_s)
-    feeds, skipped = catalog.plan(engine, versions, requests)
-    summary = PublishSummary(schema=schema, where=target.where(), skipped=skipped)
+    catalog.check_requests(engine, requests)  # before connecting: a typo costs nothing
+    summary = PublishSummary(schema=schema, where=target.where())
     con = connect(target)
     try:
-        _transaction(con, store, engine, feeds, summary, with_vectors, full, batch_rows, say)
+        run = Run(store, engine, versions, requests, with_vectors, full, batch_rows, say)
+        _transaction(con, run, summary)
     except FailstoreError:
         _abandon(con)
         raise
@@ -164,24 +167,32 @@ def _abandon(con: Any) -> None:
         con.close()
 
 
-def _transaction(
-    con: Any,
-    store: Store,
-    engine: Any,
-    feeds: list[Feed],
-    summary: PublishSummary,
-    with_vectors: bool,
-    full: bool,
-    batch_rows: int,
-    say: Callable[[str], None] | None,
-) -> None:
+@dataclass
+class Run:
+    store: Store
+    engine: Any
+    versions: dict[str, int]
+    requests: Sequence[QueryRequest]
+    with_vectors: bool
+    full: bool
+    batch_rows: int
+    say: Callable[[str], None] | None
+
+
+def _transaction(con: Any, run: Run, summary: PublishSummary) -> None:
     s = ident(summary.schema)
+    engine, with_vectors = run.engine, run.with_vectors
     cur = con.cursor()
     cur.execute(f"CREATE SCHEMA IF NOT EXISTS {s}")
     cur.execute(f"SELECT pg_advisory_xact_lock(hashtext({literal('failstore:' + summary.schema)}))")
     cur.execute(BOOK_DDL.format(schema=s, book=ident(BOOK)))
-    cur.execute(f"SELECT name, signature, rows, left_out, published_at FROM {s}.{ident(BOOK)}")
+    cur.execute(
+        f"SELECT name, signature, rows, left_out, published_at, plan_key, sources, digest "
+        f"FROM {s}.{ident(BOOK)}"
+    )
     previous = {r[0]: r for r in cur.fetchall()}
+    known = {r[0]: (r[5], json.loads(r[6]), r[7]) for r in previous.values() if r[5]}
+    feeds, summary.skipped = catalog.plan(engine, run.versions, run.requests, known)
     cur.execute(
         "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
         f"WHERE n.nspname = {literal(summary.schema)} AND c.relkind IN ('r', 'v', 'm', 'p')"
@@ -201,14 +212,14 @@ def _transaction(
     for i, feed in enumerate(feeds):
         sig = signature(feed, with_vectors)
         old = previous.get(feed.name)
-        if not full and old is not None and old[1] == sig and feed.name in existing:
+        if not run.full and old is not None and old[1] == sig and feed.name in existing:
             summary.kept.append(feed.name)
             book.append((feed, sig, old[2], old[3] or [], old[4]))
             continue
         t0 = time.perf_counter()
         tmp = f"_failstore_new_{i}"
         with catalog.stream(
-            engine, feed, "postgresql", with_vectors=with_vectors, batch_rows=batch_rows
+            engine, feed, "postgresql", with_vectors=with_vectors, batch_rows=run.batch_rows
         ) as (rows, conv):
             n = cur.adbc_ingest(tmp, rows.reader(), mode="create", db_schema_name=summary.schema)
         n = int(n) if n is not None and n >= 0 else _count(cur, s, tmp)
@@ -216,9 +227,11 @@ def _transaction(
         done = Published(feed.name, feed.kind, n, time.perf_counter() - t0, conv.left_out)
         summary.published.append(done)
         book.append((feed, sig, n, list(conv.left_out), now))
-        if say is not None:
-            say(f"copied {feed.name} ({n:,} rows, {done.seconds:.1f} s)")
-    _swap_and_record(cur, s, swaps, sorted(set(previous) - names), book, engine, store, summary)
+        if run.say is not None:
+            run.say(f"copied {feed.name} ({n:,} rows, {done.seconds:.1f} s)")
+    stale = sorted(set(previous) - names)
+    if swaps or stale or set(previous) != names:
+        _swap_and_record(cur, s, swaps, stale, book, engine, run.store, summary)
     con.commit()
 
 
@@ -241,7 +254,10 @@ def _swap_and_record(
     for name in stale:
         cur.execute(f"DROP TABLE IF EXISTS {s}.{ident(name)}")
         summary.dropped.append(name)
+    swapped = {name for _, name in swaps}
     for feed, *_ in book:
+        if feed.name not in swapped:
+            continue  # kept: its comment stands
         query = engine.stored.get(feed.source) if feed.kind == "query" else None
         about = f"failstore {'stored query' if query else 'table'} {feed.source}"
         if query is not None and query.description:
@@ -278,6 +294,8 @@ def _book_row(
                 arr,
                 literal(at.isoformat()) + "::timestamptz",
                 literal(str(store.path)),
+                literal(feed.key),
+                literal(feed.digest),
             ]
         )
         + ")"

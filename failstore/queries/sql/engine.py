@@ -127,9 +127,10 @@ class SqlEngine:
                 for name in registered:
                     con.unregister(name)
 
-    def tables_read(self, sql: str, *, params: Mapping[str, str] | None = None) -> frozenset[str]:
-        """The store tables ``sql`` reads, stored queries expanded (raises like ``execute``)."""
-        return self._guarded(sql, params, None).tables
+    def guarded(self, sql: str, *, params: Mapping[str, str] | None = None) -> GuardedQuery:
+        """The guarded query: the DuckDB SQL ``execute`` would run and the store tables it
+        reads, stored queries expanded (raises SqlRefused like ``execute``)."""
+        return self._guarded(sql, params, None)
 
     @contextlib.contextmanager
     def stream(
