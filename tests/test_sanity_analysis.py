@@ -208,6 +208,26 @@ def test_cascading_gradient_of_a_linear_model_equals_its_weight_rows(world):
     assert v["sem"] == pytest.approx(sem)
 
 
+def test_every_fit_sets_its_clock_a_reused_fit_one_without_passes(world):
+    """``clock_`` describes the latest fit: one that computes counts its attribution passes
+    (the trained maps, then one per step), one that reuses the stored run has a fresh clock
+    with none, never the previous fit's."""
+    from failstore.queries.sanity import Sanity
+    from failstore.queries.sanity.runner import Clock
+
+    store, _ = world
+    kwargs = {"model": "fs_sanity_lin:make_aux", "methods": ["gradient"], "seed": 7}
+    est = Sanity(**kwargs).fit(store, reuse=False)
+    computed = est.clock_
+    assert not est.reused_ and computed.passes == 3 and computed.attribution_s > 0
+    est.fit(store)  # the same parameters, the store unchanged: the run is reused
+    assert est.reused_ and est.clock_ is not computed
+    assert isinstance(est.clock_, Clock)
+    assert (est.clock_.passes, est.clock_.attribution_s) == (0, 0.0)
+    fresh = Sanity(**kwargs).fit(store)  # a new estimator reusing the run has a clock too
+    assert fresh.reused_ and (fresh.clock_.passes, fresh.clock_.attribution_s) == (0, 0.0)
+
+
 def test_explaining_the_prediction_follows_the_randomised_model(world):
     from failstore.models.loading import load_model
     from failstore.queries.sanity import Sanity

@@ -18,7 +18,7 @@ to ``sanity_verdicts`` (:mod:`~failstore.queries.sanity.verdicts`). See docs/san
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import pyarrow as pa
 
@@ -32,6 +32,9 @@ from failstore.queries.sanity.selection import TESTS, chosen_images, load_pixels
 from failstore.queries.sanity.similarity import METRICS
 from failstore.queries.sanity.verdicts import SCORES_SCHEMA, VERDICTS_SCHEMA, score_rows, verdicts
 from failstore.store import Store
+
+if TYPE_CHECKING:  # pragma: no cover
+    from failstore.queries.sanity.runner import Clock
 
 SPURIOUS_METRICS = ("rank_abs", "ssim", "ssim_range1")
 
@@ -226,6 +229,17 @@ class Sanity(Analysis):
         return params
 
     derived_params = ("settings",)
+
+    clock_: Clock  # runner.Clock of the latest fit (zero passes when it reused a stored run)
+
+    def fit(self, store: Store, *, reuse: bool = True) -> Sanity:
+        """As ``Analysis.fit``; also sets ``clock_``, where this fit's time went: a fit that
+        reuses a stored run computes nothing, so its clock has no attribution passes."""
+        from failstore.queries.sanity import runner
+
+        self.clock_ = runner.Clock()
+        super().fit(store, reuse=reuse)
+        return self
 
     def _compute(self, store: Store, params: dict[str, Any]) -> dict[str, pa.Table]:
         from failstore.models.loading import load_model
