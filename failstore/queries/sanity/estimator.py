@@ -253,6 +253,7 @@ class Sanity(Analysis):
         batch = int(self.batch_size)
         explain = params["explain"]
         steps: list[tuple[str | None, Any, list[runner.StepFigures]]] = []
+        skipped: list[tuple[str, str]] = []  # (image_id, why): chosen but not compared
         if params["test"] in ("cascading", "independent"):
             px = load_pixels(store, adapter, groups[None], self.device)
             layers = _schedule(module, px.x, params["layers"])
@@ -294,6 +295,7 @@ class Sanity(Analysis):
             other: Any = load_model(store, params["reference_model"], self.device)
             px = load_pixels(store, adapter, groups[None], self.device)
             px2 = load_pixels(store, other, groups[None], self.device)
+            skipped += px2.skipped  # the same files as px's: counted once by verdicts
             if px.x.shape != px2.x.shape:
                 raise ConfigError(
                     f"'{params['model']}' takes {tuple(px.x.shape[2:])} pixels and "
@@ -318,7 +320,8 @@ class Sanity(Analysis):
             steps.append((None, px, found))
         self.clock_ = clock
         scores = score_rows(params, steps, class_names(store, params["model"]))
-        return {"sanity_verdicts": verdicts(params, scores), "sanity_scores": scores}
+        skipped = [s for _, p, _ in steps for s in p.skipped] + skipped
+        return {"sanity_verdicts": verdicts(params, scores, skipped), "sanity_scores": scores}
 
 
 def _schedule(module: Any, x: Any, layers: Sequence[str] | None) -> list[str]:
