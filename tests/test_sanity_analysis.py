@@ -208,6 +208,26 @@ def test_cascading_gradient_of_a_linear_model_equals_its_weight_rows(world):
     assert v["sem"] == pytest.approx(sem)
 
 
+def test_every_fit_sets_its_clock_a_reused_fit_one_without_passes(world):
+    """``clock_`` describes the latest fit: one that computes counts its attribution passes
+    (the trained maps, then one per step), one that reuses the stored run has a fresh clock
+    with none, never the previous fit's."""
+    from failstore.queries.sanity import Sanity
+    from failstore.queries.sanity.runner import Clock
+
+    store, _ = world
+    kwargs = {"model": "fs_sanity_lin:make_aux", "methods": ["gradient"], "seed": 7}
+    est = Sanity(**kwargs).fit(store, reuse=False)
+    computed = est.clock_
+    assert not est.reused_ and computed.passes == 3 and computed.attribution_s > 0
+    est.fit(store)  # the same parameters, the store unchanged: the run is reused
+    assert est.reused_ and est.clock_ is not computed
+    assert isinstance(est.clock_, Clock)
+    assert (est.clock_.passes, est.clock_.attribution_s) == (0, 0.0)
+    fresh = Sanity(**kwargs).fit(store)  # a new estimator reusing the run has a clock too
+    assert fresh.reused_ and (fresh.clock_.passes, fresh.clock_.attribution_s) == (0, 0.0)
+
+
 def test_explaining_the_prediction_follows_the_randomised_model(world):
     from failstore.models.loading import load_model
     from failstore.queries.sanity import Sanity
@@ -323,6 +343,53 @@ def test_reference_model_tells_other_weights_apart_and_not_the_same_ones(world):
         rhos.append(scipy_stats.spearmanr(_abs_norm(w0[c]).ravel(), _abs_norm(w1[c]).ravel())[0])
     assert v["figure"] == pytest.approx(np.mean(rhos)) and v["verdict"] == "tells them apart"
     assert v["reference_model"] == "fs_sanity_lin:make_other"
+
+
+def test_images_skipped_after_ingest_are_counted_in_every_reason(world, tmp_path):
+    """Two files rewritten since the ingest and one no longer an image: the run compares the
+    other 9 and every verdict's reason says how many were skipped and why (a reference run
+    decodes the files twice but counts each image once)."""
+    from failstore.queries.sanity import Sanity
+
+    manifest = _write_world(tmp_path)
+    for factory in ("make_twin", "make"):
+        ingest(
+            tmp_path / "store",
+            IngestOptions(
+                source=manifest, workers=0, batch_size=4, target=f"fs_sanity_lin:{factory}"
+            ),
+        )
+    store = Store(tmp_path / "store")
+    for i in (0, 5):  # other pixels: another content hash than the stored image_id
+        arr = np.asarray(Image.open(tmp_path / f"img{i}.png")).copy()
+        arr[0, 0] = 255 - arr[0, 0]
+        Image.fromarray(arr).save(tmp_path / f"img{i}.png")
+    (tmp_path / "img9.png").write_bytes(b"not an image")
+    note = (
+        "; 3 images skipped: the file changed since it was ingested (2), "
+        "cannot identify the image format (corrupt or not an image) (1)"
+    )
+    common = {"model": "fs_sanity_lin:make", "methods": ["gradient", "input_x_gradient"]}
+    for kwargs in ({}, {"test": "reference", "reference_model": "fs_sanity_lin:make_twin"}):
+        est = Sanity(**common, **kwargs).fit(store)
+        assert len({r["image_id"] for r in _rows(est, store)}) == 9
+        for v in est.results_.to_pylist():
+            assert v["images"] == 9 and v["reason"].endswith(note), v["reason"]
+    spurious = Sanity(
+        **common, test="spurious", where="pos = 'centre'", classes=["square"], explain="label"
+    ).fit(store)
+    for v in spurious.results_.to_pylist():  # img0 was a suspected one, img5 a control
+        assert "on 3 suspected images" in v["reason"] and "on 3 control images" in v["reason"]
+        assert v["reason"].endswith("; 2 images skipped: the file changed since it was ingested")
+
+
+def test_skipped_note_counts_each_image_once():
+    from failstore.queries.sanity.verdicts import skipped_note
+
+    assert skipped_note([]) == ""
+    assert skipped_note([("a", "file not found")]) == "; 1 image skipped: file not found"
+    twice = [("a", "x"), ("b", "y"), ("b", "y"), ("c", "y")]
+    assert skipped_note(twice) == "; 3 images skipped: y (2), x (1)"
 
 
 @pytest.mark.parametrize(

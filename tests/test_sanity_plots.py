@@ -99,6 +99,41 @@ def test_curve_table_all_nan_and_single_image() -> None:
     assert one[0]["images"] == 1 and np.isnan(one[0]["sem"])
 
 
+def test_curves_query_counts_image_rows_and_averages_defined_figures(tmp_path: Path) -> None:
+    """The stored query ``sanity_curves`` on a run holding a NaN figure: ``images`` is the
+    number of image rows (4, the NaN one too), as its description says; each mean and SEM is
+    over the defined figures only, as ``curve_table`` (3 for the NaN row)."""
+    from failstore.queries.framework.analysis import write_run
+    from failstore.queries.sanity.verdicts import VERDICTS_SCHEMA
+    from failstore.queries.sql.session import run_sql
+    from failstore.queries.sql.stored import builtin_queries
+    from failstore.store import Store
+
+    description = builtin_queries()["sanity_curves"].description
+    assert "`images`: the number of image rows, every image compared, whether or not its " \
+        "figures are defined" in description  # fmt: skip
+    scores, _ = cascading_scores()
+    store = Store(tmp_path / "s", create=True)
+    write_run(
+        store, analysis="sanity", result_table="sanity_verdicts",
+        result=VERDICTS_SCHEMA.empty_table(), schema=VERDICTS_SCHEMA,
+        extra={"sanity_scores": (scores, SCORES_SCHEMA)}, params={"p": 1},
+        run_key={"model": "m", "test": "cascading"}, versions={}, seconds=0.0,
+    )  # fmt: skip
+    curves = run_sql(store, "SELECT * FROM sanity_curves").to_pylist()
+    assert len(curves) == len(METHODS) * len(LAYERS)
+    assert all(c["images"] == N_IMAGES for c in curves)
+    plotted = {(r["method"], r["step"], r["metric"]): r for r in curve_table(scores).to_pylist()}
+    for c in curves:
+        for m in METRICS:
+            want = plotted[(c["method"], c["step"], m)]
+            assert c[m] == pytest.approx(want["mean"], abs=1e-12)
+            assert c[f"{m}_sem"] == pytest.approx(want["sem"], abs=1e-12)
+    (nan_row,) = [c for c in curves if (c["method"], c["step"]) == ("gradient", 2)]
+    assert plotted[("gradient", 2, "rank_abs")]["images"] == N_IMAGES - 1
+    assert nan_row["images"] == N_IMAGES and np.isfinite(nan_row["rank_abs"])
+
+
 def _capture(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     """Keep each figure curve_plots closes, to look at what it drew."""
     import matplotlib

@@ -18,6 +18,7 @@ from failstore.queries.sanity.similarity import (
     div_norm,
     hog_rank,
     minmax_norm,
+    prepare,
     spearman_rows,
     ssim,
     ssim_to_map,
@@ -321,6 +322,29 @@ def test_compare_rejects_bad_batches():
         compare(m[:, 0], m[:, 0])
     with pytest.raises(ConfigError, match="floating"):
         compare(m.astype(int), m.astype(int))
+
+
+@pytest.mark.parametrize(("c", "side"), [(3, 48), (1, 50), (3, 16)])
+def test_a_prepared_original_gives_the_same_figures_exactly(c, side):
+    """One original prepared once against several others (the randomisation steps): every
+    figure equal to the plain compare's, degenerate and NaN images included."""
+    o = maps(5, c, side, side).astype(np.float32)
+    o[1] = 0.0  # constant: NaN figures
+    o[2, :, :3] = np.nan
+    others = [maps(5, c, side, side).astype(np.float32) for _ in range(3)]
+    others[0][3] = 1.0
+    others[1][4, 0, 0, 0] = np.nan
+    others[2][0] = o[0] + 0.3 * others[2][0]
+    ref = prepare(o)
+    for x in others:
+        got, want = compare(ref, x), compare(o, x)
+        assert list(got) == list(METRICS)
+        for key in METRICS:
+            np.testing.assert_array_equal(got[key], want[key])
+        assert np.isnan(got["rank_abs"][[1, 2]]).all()
+    assert np.isnan(compare(ref, others[1])["ssim"][4])
+    with pytest.raises(ConfigError, match="differ in shape"):
+        compare(ref, others[0][:2])
 
 
 # ---- ssim_to_map -------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ to ``sanity_verdicts`` (:mod:`~failstore.queries.sanity.verdicts`). See docs/san
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import pyarrow as pa
 
@@ -32,6 +32,9 @@ from failstore.queries.sanity.selection import TESTS, chosen_images, load_pixels
 from failstore.queries.sanity.similarity import METRICS
 from failstore.queries.sanity.verdicts import SCORES_SCHEMA, VERDICTS_SCHEMA, score_rows, verdicts
 from failstore.store import Store
+
+if TYPE_CHECKING:  # pragma: no cover
+    from failstore.queries.sanity.runner import Clock
 
 SPURIOUS_METRICS = ("rank_abs", "ssim", "ssim_range1")
 
@@ -227,6 +230,17 @@ class Sanity(Analysis):
 
     derived_params = ("settings",)
 
+    clock_: Clock  # runner.Clock of the latest fit (zero passes when it reused a stored run)
+
+    def fit(self, store: Store, *, reuse: bool = True) -> Sanity:
+        """As ``Analysis.fit``; also sets ``clock_``, where this fit's time went: a fit that
+        reuses a stored run computes nothing, so its clock has no attribution passes."""
+        from failstore.queries.sanity import runner
+
+        self.clock_ = runner.Clock()
+        super().fit(store, reuse=reuse)
+        return self
+
     def _compute(self, store: Store, params: dict[str, Any]) -> dict[str, pa.Table]:
         from failstore.models.loading import load_model
         from failstore.queries.sanity import runner
@@ -239,6 +253,7 @@ class Sanity(Analysis):
         batch = int(self.batch_size)
         explain = params["explain"]
         steps: list[tuple[str | None, Any, list[runner.StepFigures]]] = []
+        skipped: list[tuple[str, str]] = []  # (image_id, why): chosen but not compared
         if params["test"] in ("cascading", "independent"):
             px = load_pixels(store, adapter, groups[None], self.device)
             layers = _schedule(module, px.x, params["layers"])
@@ -280,6 +295,7 @@ class Sanity(Analysis):
             other: Any = load_model(store, params["reference_model"], self.device)
             px = load_pixels(store, adapter, groups[None], self.device)
             px2 = load_pixels(store, other, groups[None], self.device)
+            skipped += px2.skipped  # the same files as px's: counted once by verdicts
             if px.x.shape != px2.x.shape:
                 raise ConfigError(
                     f"'{params['model']}' takes {tuple(px.x.shape[2:])} pixels and "
@@ -304,7 +320,8 @@ class Sanity(Analysis):
             steps.append((None, px, found))
         self.clock_ = clock
         scores = score_rows(params, steps, class_names(store, params["model"]))
-        return {"sanity_verdicts": verdicts(params, scores), "sanity_scores": scores}
+        skipped = [s for _, p, _ in steps for s in p.skipped] + skipped
+        return {"sanity_verdicts": verdicts(params, scores, skipped), "sanity_scores": scores}
 
 
 def _schedule(module: Any, x: Any, layers: Sequence[str] | None) -> list[str]:

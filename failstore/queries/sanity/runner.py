@@ -5,7 +5,9 @@ Every attribution keeps its colour channels (``attribute(..., channels=True)``):
 normalisations sum |m| or m over channels themselves. The explained class is the argmax of the
 model being explained, recomputed for every randomised copy (the reference), or the label.
 Each method is run on its own (methods outer, steps inner), so only one method's original
-maps are held at a time. torch is imported inside the functions.
+maps are held at a time, prepared once for the comparisons (``similarity.prepare``: their
+normalisations, ranks, SSIM means and variances and HOG features). torch is imported inside
+the functions.
 """
 
 from __future__ import annotations
@@ -17,7 +19,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from failstore.queries.sanity.similarity import abs_norm, compare, spearman_rows, ssim_to_map
+from failstore.queries.sanity.similarity import (
+    abs_norm,
+    compare,
+    prepare,
+    spearman_rows,
+    ssim_to_map,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -123,10 +131,12 @@ def randomisation(
     for method, params in methods.items():
         t0 = explained_classes(module, x, explain, labels, batch_size)
         a0 = attributions(module, x, t0, method, params, pixel_stats, batch_size, clock)
+        original = prepare(a0)  # its normalisations, ranks and SSIM blurs: once, not per step
+        del a0
         for k, (done, copy) in enumerate(steps(module, layers, seed), start=1):
             t = explained_classes(copy, x, explain, labels, batch_size)
             a = attributions(copy, x, t, method, params, pixel_stats, batch_size, clock)
-            yield StepFigures(method, k, done[-1], tuple(done), t, compare(a0, a))
+            yield StepFigures(method, k, done[-1], tuple(done), t, compare(original, a))
 
 
 def model_vs_model(

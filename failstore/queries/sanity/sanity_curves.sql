@@ -1,8 +1,11 @@
 -- name: sanity_curves
 -- description: The similarity curves of the latest sanity runs (the paper's figures): per model,
 -- description: test, method, step (the layer randomised at that step; 0 for the tests without
--- description: steps) and group, the number of images and the mean and standard error of each
--- description: figure, undefined (NaN) comparisons left out. Step 0 of a randomisation test is
+-- description: steps) and group, `images`: the number of image rows, every image compared,
+-- description: whether or not its figures are defined; and the mean and standard error of each
+-- description: figure over the images where it is defined (undefined, NaN, comparisons left
+-- description: out: a figure's mean can stand on fewer images than `images`, and is NULL when
+-- description: none is defined, as hog below 48 x 48 pixels). Step 0 of a randomisation test is
 -- description: the trained model itself, 1 by definition, and is not stored.
 -- param: model = NULL -- only this target model
 -- param: test = NULL -- only this test

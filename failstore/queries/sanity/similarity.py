@@ -13,6 +13,8 @@ when a function needs them (they are slow to import).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import numpy.typing as npt
 
@@ -20,11 +22,13 @@ from failstore.errors import ConfigError
 
 __all__ = [
     "METRICS",
+    "Prepared",
     "abs_norm",
     "compare",
     "div_norm",
     "hog_rank",
     "minmax_norm",
+    "prepare",
     "spearman_rows",
     "ssim",
     "ssim_to_map",
@@ -43,6 +47,7 @@ _WIN = 2 * _RADIUS + 1
 _K1, _K2 = 0.01, 0.03
 _HOG_CELLS_PER_BLOCK = 3  # skimage.feature.hog's default block of 3 x 3 cells
 _HOG_ORIENTATIONS = 9  # skimage.feature.hog's default
+_HOG_PPC = 16  # compare's pixels_per_cell (hog_rank's default)
 
 
 def _batch(m: npt.ArrayLike, ndim: int = 4, name: str = "attribution maps") -> F64:
@@ -137,23 +142,38 @@ def spearman_rows(a: npt.ArrayLike, b: npt.ArrayLike) -> F64:
     Pearson correlation of the ranks, clipped to -1..1. NaN when either row is constant (or
     empty) or holds a NaN.
     """
-    from scipy.stats import rankdata
-
     x = np.asarray(a, dtype=np.float64)
     y = np.asarray(b, dtype=np.float64)
     if x.shape != y.shape or x.ndim < 1:
         raise ConfigError(f"spearman_rows needs two batches of one shape, got {x.shape}, {y.shape}")
-    n = x.shape[0]
-    x, y = x.reshape(n, -1), y.reshape(n, -1)
-    bad = _has_nan(x, y) | (x.shape[1] < 2)
-    x, y = np.where(bad[:, None], 0.0, x), np.where(bad[:, None], 0.0, y)
-    rx = rankdata(x, axis=1)
-    ry = rankdata(y, axis=1)
-    rx -= rx.mean(axis=1, keepdims=True)
-    ry -= ry.mean(axis=1, keepdims=True)
-    sxy = (rx * ry).sum(axis=1)
-    den = (rx * rx).sum(axis=1) * (ry * ry).sum(axis=1)
-    bad |= den == 0
+    return _spearman(_Ranks.of(x), _Ranks.of(y))
+
+
+@dataclass(frozen=True)
+class _Ranks:
+    """One side of :func:`spearman_rows`: each row's ranks minus their mean, their sum of
+    squares, and the rows that give NaN whatever the other side (a NaN, fewer than 2 values)."""
+
+    centred: F64
+    squares: F64
+    bad: npt.NDArray[np.bool_]
+
+    @classmethod
+    def of(cls, x: F64) -> _Ranks:
+        from scipy.stats import rankdata
+
+        n = x.shape[0]
+        x = x.reshape(n, -1)
+        bad = _has_nan(x) | (x.shape[1] < 2)
+        r = rankdata(np.where(bad[:, None], 0.0, x), axis=1)
+        r -= r.mean(axis=1, keepdims=True)
+        return cls(r, (r * r).sum(axis=1), bad)
+
+
+def _spearman(x: _Ranks, y: _Ranks) -> F64:
+    sxy = (x.centred * y.centred).sum(axis=1)
+    den = x.squares * y.squares
+    bad = x.bad | y.bad | (den == 0)
     with np.errstate(all="ignore"):
         r = np.clip(sxy / np.sqrt(np.where(bad, 1.0, den)), -1.0, 1.0)
     return _nan_where(r, bad)
@@ -172,38 +192,77 @@ def ssim(a: npt.ArrayLike, b: npt.ArrayLike, *, data_range: float = 2.0) -> F64:
     a float image's range as -1..1); 1.0 is right for maps in 0..1. A NaN anywhere in a pair gives
     NaN for that pair. Maps smaller than 11 x 11 raise ``ConfigError``.
     """
-    from scipy.ndimage import gaussian_filter
-
     x, y = _batch(a), _batch(b)
     if x.shape != y.shape:
         raise ConfigError(f"SSIM needs two batches of one shape, got {x.shape} and {y.shape}")
-    h, w = x.shape[2:]
+    _check_ssim_size(x.shape)
+    (out,) = _ssim_pair(_SsimSide.of(x), _SsimSide.of(y), (data_range,))
+    return out
+
+
+def _check_ssim_size(shape: tuple[int, ...]) -> None:
+    h, w = shape[2:]
     if h < _WIN or w < _WIN:
         raise ConfigError(
             f"SSIM needs maps of at least {_WIN} x {_WIN} pixels, got {h} x {w}",
             hint="use a larger --resolution",
         )
-    bad = _has_nan(x, y)
-    x, y = np.where(bad[:, None, None, None], 0.0, x), np.where(bad[:, None, None, None], 0.0, y)
 
-    def blur(v: F64) -> F64:
-        out: F64 = gaussian_filter(
-            v, sigma=(0.0, 0.0, _SIGMA, _SIGMA), mode="reflect", truncate=_TRUNCATE
-        )
-        return out
 
-    cov_norm = _WIN**2 / (_WIN**2 - 1.0)
-    c1 = (_K1 * data_range) ** 2
-    c2 = (_K2 * data_range) ** 2
-    ux, uy = blur(x), blur(y)
-    vx = cov_norm * (blur(x * x) - ux * ux)
-    vy = cov_norm * (blur(y * y) - uy * uy)
-    vxy = cov_norm * (blur(x * y) - ux * uy)
-    with np.errstate(all="ignore"):
-        s_map = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux**2 + uy**2 + c1) * (vx + vy + c2))
+def _blur(v: F64) -> F64:
+    from scipy.ndimage import gaussian_filter
+
+    out: F64 = gaussian_filter(
+        v, sigma=(0.0, 0.0, _SIGMA, _SIGMA), mode="reflect", truncate=_TRUNCATE
+    )
+    return out
+
+
+_COV_NORM = _WIN**2 / (_WIN**2 - 1.0)
+
+
+def _crop(v: F64) -> F64:
+    """The part of an SSIM map that is averaged: ``_RADIUS`` pixels off every border."""
     r = _RADIUS
-    per_channel = s_map[:, :, r : h - r, r : w - r].mean(axis=(2, 3), dtype=np.float64)
-    return _nan_where(per_channel.mean(axis=1), bad)
+    return v[:, :, r : v.shape[2] - r, r : v.shape[3] - r]
+
+
+@dataclass(frozen=True)
+class _SsimSide:
+    """One side of :func:`ssim`: the maps (zeroed where they hold a NaN), their local means and
+    variances (two of the five Gaussian blurs of a pair) where the SSIM map is averaged, and
+    the images holding a NaN."""
+
+    maps: F64
+    mean: F64
+    var: F64
+    bad: npt.NDArray[np.bool_]
+
+    @classmethod
+    def of(cls, x: F64) -> _SsimSide:
+        bad = _has_nan(x)
+        x = np.where(bad[:, None, None, None], 0.0, x)
+        mean = _crop(_blur(x))
+        return cls(x, mean, _COV_NORM * (_crop(_blur(x * x)) - mean * mean), bad)
+
+
+def _ssim_pair(x: _SsimSide, y: _SsimSide, data_ranges: tuple[float, ...]) -> list[F64]:
+    """The SSIM of each pair at each data range: the covariance (the fifth blur) and every term
+    but the constants are shared between the data ranges."""
+    ux, uy = x.mean, y.mean
+    vxy = _COV_NORM * (_crop(_blur(x.maps * y.maps)) - ux * uy)
+    mean_num, mean_den = 2 * ux * uy, ux**2 + uy**2
+    var_num, var_den = 2 * vxy, x.var + y.var
+    bad = x.bad | y.bad
+    out = []
+    for data_range in data_ranges:
+        c1 = (_K1 * data_range) ** 2
+        c2 = (_K2 * data_range) ** 2
+        with np.errstate(all="ignore"):
+            s_map = ((mean_num + c1) * (var_num + c2)) / ((mean_den + c1) * (var_den + c2))
+        per_channel = s_map.mean(axis=(2, 3), dtype=np.float64)
+        out.append(_nan_where(per_channel.mean(axis=1), bad))
+    return out
 
 
 def hog_rank(a: npt.ArrayLike, b: npt.ArrayLike, *, pixels_per_cell: int = 16) -> F64:
@@ -216,15 +275,13 @@ def hog_rank(a: npt.ArrayLike, b: npt.ArrayLike, *, pixels_per_cell: int = 16) -
     two flat maps). hog needs one whole block, so maps smaller than 3 * ppc pixels on a side
     (48 x 48 at the default 16) raise ``ConfigError``.
     """
-    from skimage.feature import hog
-
     x = _batch(a, ndim=3, name="HOG maps")
     y = _batch(b, ndim=3, name="HOG maps")
     if x.shape != y.shape:
         raise ConfigError(f"HOG needs two batches of one shape, got {x.shape} and {y.shape}")
     if pixels_per_cell < 1:
         raise ConfigError(f"HOG pixels_per_cell must be >= 1, got {pixels_per_cell}")
-    n, h, w = x.shape
+    h, w = x.shape[1:]
     side = _HOG_CELLS_PER_BLOCK * pixels_per_cell
     if h < side or w < side:
         raise ConfigError(
@@ -233,22 +290,73 @@ def hog_rank(a: npt.ArrayLike, b: npt.ArrayLike, *, pixels_per_cell: int = 16) -
             hint="use a larger --resolution",
         )
     bad = _has_nan(x, y)
-    ppc = (pixels_per_cell, pixels_per_cell)
+    fx = _hog_features(x, pixels_per_cell, bad)
+    fy = _hog_features(y, pixels_per_cell, bad)
+    return _nan_where(spearman_rows(fx, fy), bad)
+
+
+def _hog_features(x: F64, pixels_per_cell: int, skip: npt.NDArray[np.bool_]) -> F64:
+    """``(N, F)`` HOG features of ``(N, H, W)`` maps; rows of the images in ``skip`` are 0."""
+    from skimage.feature import hog
+
+    n, h, w = x.shape
     size = (
         (h // pixels_per_cell - _HOG_CELLS_PER_BLOCK + 1)
         * (w // pixels_per_cell - _HOG_CELLS_PER_BLOCK + 1)
         * _HOG_CELLS_PER_BLOCK**2
         * _HOG_ORIENTATIONS
     )
-    fx = np.zeros((n, size))
-    fy = np.zeros((n, size))
-    for i in np.flatnonzero(~bad):
-        fx[i] = hog(x[i], pixels_per_cell=ppc)
-        fy[i] = hog(y[i], pixels_per_cell=ppc)
-    return _nan_where(spearman_rows(fx, fy), bad)
+    out = np.zeros((n, size))
+    ppc = (pixels_per_cell, pixels_per_cell)
+    for i in np.flatnonzero(~skip):
+        out[i] = hog(x[i], pixels_per_cell=ppc)
+    return out
 
 
-def compare(original: npt.ArrayLike, other: npt.ArrayLike) -> dict[str, F64]:
+@dataclass(frozen=True)
+class Prepared:
+    """The original maps of :func:`compare`, normalised once (:func:`prepare`): the figures'
+    original side, to compare with the maps of every randomisation step."""
+
+    shape: tuple[int, ...]
+    rank_abs: _Ranks
+    rank_signed: _Ranks
+    ssim: _SsimSide
+    hog: _Ranks | None  # the ranks of abs_norm's HOG features (None below HOG_MIN pixels)
+    hog_bad: npt.NDArray[np.bool_]  # images whose abs_norm holds a NaN
+
+
+def _maps(m: npt.ArrayLike) -> F64:
+    arr = np.asarray(m)
+    if arr.ndim != 4 or not np.issubdtype(arr.dtype, np.floating):
+        raise ConfigError(
+            f"attribution maps must be a floating 4-D array (N, C, H, W), "
+            f"got {arr.dtype} of shape {arr.shape}"
+        )
+    return arr.astype(np.float64, copy=False)
+
+
+def prepare(original: npt.ArrayLike) -> Prepared:
+    """The ``original`` side of :func:`compare` ``(N, C, H, W)``, computed once: its
+    normalisations, their ranks, its SSIM means and variances and its HOG features."""
+    o = _maps(original)
+    _check_ssim_size(o.shape)
+    ao = abs_norm(o)
+    bad = _has_nan(ao)
+    hog = None
+    if min(o.shape[2:]) >= HOG_MIN:
+        hog = _Ranks.of(_hog_features(ao, _HOG_PPC, bad))
+    return Prepared(
+        o.shape,
+        _Ranks.of(ao),
+        _Ranks.of(div_norm(o)),
+        _SsimSide.of(minmax_norm(o)),
+        hog,
+        bad,
+    )
+
+
+def compare(original: npt.ArrayLike | Prepared, other: npt.ArrayLike) -> dict[str, F64]:
     """The per-image figures ``(N,)`` of two batches ``(N, C, H, W)`` of maps of the same images,
     keys in the order of :data:`METRICS`:
 
@@ -258,27 +366,28 @@ def compare(original: npt.ArrayLike, other: npt.ArrayLike) -> dict[str, F64]:
     - ``ssim_range1``: the same with ``data_range=1.0`` (right for maps in 0..1);
     - ``hog``: ``hog_rank(abs_norm(o), abs_norm(x))``.
 
-    Both batches must be 4-D, of one shape and floating point (``ConfigError`` otherwise);
-    ``hog`` is NaN for maps smaller than :data:`HOG_MIN` pixels a side (one HOG block) and the
-    SSIMs need 11 x 11.
+    ``original`` may be :func:`prepare`'s result, to compare one original with many others
+    without normalising it again (the figures are the same). Both batches must be 4-D, of one
+    shape and floating point (``ConfigError`` otherwise); ``hog`` is NaN for maps smaller than
+    :data:`HOG_MIN` pixels a side (one HOG block) and the SSIMs need 11 x 11.
     """
-    o, x = np.asarray(original), np.asarray(other)
-    for arr in (o, x):
-        if arr.ndim != 4 or not np.issubdtype(arr.dtype, np.floating):
-            raise ConfigError(
-                f"attribution maps must be a floating 4-D array (N, C, H, W), "
-                f"got {arr.dtype} of shape {arr.shape}"
-            )
-    if o.shape != x.shape:
-        raise ConfigError(f"attribution batches differ in shape: {o.shape} and {x.shape}")
-    ao, ax = abs_norm(o), abs_norm(x)
-    mo, mx = minmax_norm(o), minmax_norm(x)
+    ref = original if isinstance(original, Prepared) else prepare(original)
+    x = _maps(other)
+    if ref.shape != x.shape:
+        raise ConfigError(f"attribution batches differ in shape: {ref.shape} and {x.shape}")
+    ax = abs_norm(x)
+    ssim2, ssim1 = _ssim_pair(ref.ssim, _SsimSide.of(minmax_norm(x)), (2.0, 1.0))
+    if ref.hog is not None:
+        bad = ref.hog_bad | _has_nan(ax)
+        hog = _nan_where(_spearman(ref.hog, _Ranks.of(_hog_features(ax, _HOG_PPC, bad))), bad)
+    else:
+        hog = np.full(len(x), np.nan)
     return {
-        "rank_abs": spearman_rows(ao, ax),
-        "rank_signed": spearman_rows(div_norm(o), div_norm(x)),
-        "ssim": ssim(mo, mx, data_range=2.0),
-        "ssim_range1": ssim(mo, mx, data_range=1.0),
-        "hog": hog_rank(ao, ax) if min(o.shape[2:]) >= HOG_MIN else np.full(len(o), np.nan),
+        "rank_abs": _spearman(ref.rank_abs, _Ranks.of(ax)),
+        "rank_signed": _spearman(ref.rank_signed, _Ranks.of(div_norm(x))),
+        "ssim": ssim2,
+        "ssim_range1": ssim1,
+        "hog": hog,
     }
 
 

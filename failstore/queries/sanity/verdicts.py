@@ -15,12 +15,15 @@ Verdicts, on the run's ``metric`` (mean over images, NaN images left out):
   tell them apart**.
 
 A verdict whose figure is NaN (every map degenerate: constant, or nearly all one value) is
-**untestable**, with the reason.
+**untestable**, with the reason. Images chosen but not compared (their file changed since the
+ingest or cannot be decoded; for spurious, no mask or boxes) are counted in every reason, with
+why ("; 3 images skipped: the file changed since it was ingested").
 """
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -106,8 +109,12 @@ def score_rows(
     )
 
 
-def verdicts(params: Mapping[str, Any], scores: pa.Table) -> pa.Table:
-    """One verdict per method of the run (see the module docstring)."""
+def verdicts(
+    params: Mapping[str, Any], scores: pa.Table, skipped: Sequence[tuple[str, str]] = ()
+) -> pa.Table:
+    """One verdict per method of the run (see the module docstring); ``skipped``: the
+    (image_id, why) of the chosen images that were not compared, noted in every reason."""
+    note = skipped_note(skipped)
     metric, threshold, test = params["metric"], float(params["threshold"]), params["test"]
     method_col = np.asarray(scores["method"].to_pylist(), dtype=object)
     step_col = scores["step"].to_numpy()
@@ -160,8 +167,24 @@ def verdicts(params: Mapping[str, Any], scores: pa.Table) -> pa.Table:
             row["reason"] += _stays(values, step_col, layer_col, mine, threshold, last)
         else:
             row.update(_against(values[mine], threshold, test, None))
+        row["reason"] += note
         rows.append(row)
     return pa.Table.from_pylist(rows, schema=VERDICTS_SCHEMA)
+
+
+def skipped_note(skipped: Sequence[tuple[str, str]]) -> str:
+    """'; 3 images skipped: the file changed since it was ingested', or with several reasons
+    '; 3 images skipped: the file changed since it was ingested (2), file not found (1)'; an
+    image is counted once (the first reason given for it); '' when none was skipped."""
+    why_of: dict[str, str] = {}
+    for image_id, why in skipped:
+        why_of.setdefault(image_id, why)
+    if not why_of:
+        return ""
+    n = len(why_of)
+    counts = Counter(why_of.values()).most_common()
+    whys = counts[0][0] if len(counts) == 1 else ", ".join(f"{w} ({k})" for w, k in counts)
+    return f"; {n} image{'s' if n != 1 else ''} skipped: {whys}"
 
 
 def _sem(v: np.ndarray) -> float:
