@@ -124,18 +124,21 @@ def psycopg_copy(url: str, table: pa.Table) -> float | None:
 
 
 CHILD = """
-import json, resource, sys, time
+import json, sys, time
 sys.path.insert(0, {root!r})
 from failstore.store import Store
 from failstore.feeds.publish import publish
 import adbc_driver_postgresql.dbapi, duckdb, lance  # noqa: F401 - imported before the baseline
 store = Store({store!r})
 store.versions()
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def hwm():  # peak RSS of this process (VmHWM starts afresh at exec; ru_maxrss would not)
+    line = [x for x in open("/proc/self/status") if x.startswith("VmHWM")][0]
+    return int(line.split()[1]) / 1024
+base = hwm()
 t0 = time.perf_counter()
 summary = publish(store, {url!r}, schema="bench_failstore", full={full!r}, batch_rows={batch!r})
 seconds = time.perf_counter() - t0
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+peak = hwm()
 print(json.dumps({{"seconds": seconds, "base_mib": base, "peak_mib": peak,
                   "published": len(summary.published)}}))
 """
