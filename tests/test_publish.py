@@ -249,9 +249,11 @@ def test_connection_failures_are_one_line_without_the_password(store, pg):
     p = _cli("--store", str(store.path), "publish", closed)
     out, err = p.communicate(timeout=120)
     assert p.returncode == 3, err
+    port = closed.split(":")[3].split("/")[0]
     assert err.startswith(
-        f"error: cannot connect to PostgreSQL at 127.0.0.1:{closed.split(':')[3].split('/')[0]}, database dash: Connection refused"
-    )  # noqa: E501
+        f"error: cannot connect to PostgreSQL at 127.0.0.1:{port}, database dash: "
+        "Connection refused"
+    )
     assert err.count("\n") == 1 and "topsecret" not in err + out
     wrong = pg.bare_url.replace("@", ":wrong-password@")
     p = _cli("--store", str(store.path), "publish", wrong)
