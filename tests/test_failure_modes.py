@@ -94,6 +94,11 @@ def test_the_analyses_agree_on_the_planted_causes(store):
         assert r["methods"] == [m for m in order if m in want[key]], key
         assert r["agree"] == len(want[key])
         assert (r["slice"] is not None) == ("slices" in want[key])
+        assert (r["slice_tags"] is not None) == ("slices" in want[key])
+        if r["slice_tags"] is not None:
+            assert key[2] in [_value(t) for t in r["slice_tags"]]
+        if r["leaf"] is not None:
+            assert r["leaf"].startswith(f"leaf {r['leaf_number']}: ")
         assert (r["leaf"] is not None) == ("barlow" in want[key])
         assert (r["concept"] is not None) == ("ces" in want[key])
     # the planted failure (small dogs on snow): named by slices and Barlow, first for dogs

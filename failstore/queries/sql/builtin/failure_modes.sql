@@ -8,6 +8,8 @@
 -- description: negative score: the images have it and it misleads; a positive score names its
 -- description: absence, `not water`). `agree` counts the analyses that name the cause; rows where
 -- description: they agree come first. Analyses that have not run contribute nothing.
+-- description: slice_tags / slice_tag_source and leaf_number identify the slice and the leaf
+-- description: (for links to their images).
 -- param: model = NULL -- only this target model
 -- param: class = NULL -- only this class (the images' label)
 -- param: top = 5 -- slices and leaves considered per model and class (most important first)
@@ -21,6 +23,7 @@ slice_rows AS (
         s.model,
         s."class",
         s.tags,
+        s.tag_source,
         s.description,
         s.error_rate,
         s.importance,
@@ -31,7 +34,7 @@ slice_rows AS (
         AND s.holds IS NOT FALSE
 ),
 slice_tags AS (
-    SELECT model, "class", unnest(tags) AS tag, description, error_rate, importance
+    SELECT model, "class", unnest(tags) AS tag, tags, tag_source, description, importance
     FROM slice_rows
     WHERE k <= $top
 ),
@@ -41,6 +44,8 @@ slice_causes AS (
         "class",
         regexp_replace(tag, '^[^=]*=', '') AS cause,
         arg_max(description, importance) AS slice,
+        arg_max(tags, importance) AS slice_tags,
+        arg_max(tag_source, importance) AS slice_tag_source,
         max(importance) AS slice_importance
     FROM slice_tags
     GROUP BY 1, 2, 3
@@ -69,7 +74,8 @@ leaf_causes AS (
         model,
         "class",
         regexp_replace(tag, '^[^=]*=', '') AS cause,
-        arg_max('leaf ' || CAST(leaf AS VARCHAR) || ': ' || description, importance) AS leaf
+        arg_max('leaf ' || CAST(leaf AS VARCHAR) || ': ' || description, importance) AS leaf,
+        arg_max(leaf, importance) AS leaf_number
     FROM leaf_tags
     GROUP BY 1, 2, 3
 ),
@@ -103,7 +109,10 @@ SELECT
     CAST(s.cause IS NOT NULL AS INTEGER) + CAST(l.cause IS NOT NULL AS INTEGER)
         + CAST(c.cause IS NOT NULL AS INTEGER) AS agree,
     s.slice,
+    s.slice_tags,
+    s.slice_tag_source,
     l.leaf,
+    l.leaf_number,
     CASE WHEN c.cause IS NOT NULL THEN c.cause || ' (' || c.sets || ')' END AS concept,
     c.concept_images
 FROM keys AS k
