@@ -118,3 +118,29 @@ def test_cli_errors_and_summary(store, tmp_path):
     summary = json.loads(done.stdout)
     assert summary["action"] == "exported" and summary["schema"] == "parquet"
     assert {p["name"] for p in summary["published"]} >= {"images", "slices"}
+
+
+def test_whole_table_copies_scan_with_little_readahead(store, monkeypatch):
+    """The engine of a publish or export hands DuckDB datasets whose scanner reads ahead 2
+    batches and 1 fragment (Lance's defaults made memory grow with the table)."""
+    import lance
+
+    from failstore.feeds import catalog
+    from failstore.queries.sql.session import session
+
+    seen: list[dict] = []
+    original = lance.LanceDataset.scanner
+
+    def spy(self, *args, **kwargs):
+        seen.append(kwargs)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(lance.LanceDataset, "scanner", spy)
+    engine = catalog.bounded(session(store).engine(versions=store.versions()))
+    ds = engine.datasets["images"]()
+    assert isinstance(ds, lance.LanceDataset)
+    got = engine.execute("SELECT count(*) AS n FROM images")["n"][0].as_py()
+    assert got == store.count("images")
+    assert any(
+        k.get("batch_readahead") == 2 and k.get("fragment_readahead") == 1 for k in seen
+    ), seen

@@ -58,7 +58,7 @@ def export(
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     versions = store.versions()
-    engine = session(store).engine(versions=versions, timeout_s=timeout_s)
+    engine = catalog.bounded(session(store).engine(versions=versions, timeout_s=timeout_s))
     feeds, skipped = catalog.plan(engine, versions, requests)
     summary = PublishSummary(fmt, str(out), skipped=skipped, action="exported")
     written: list[str]

@@ -139,7 +139,7 @@ def publish(
     target = parse_url(url)
     started = time.perf_counter()
     versions = store.versions()
-    engine = session(store).engine(versions=versions, timeout_s=timeout_s)
+    engine = catalog.bounded(session(store).engine(versions=versions, timeout_s=timeout_s))
     catalog.check_requests(engine, requests)  # before connecting: a typo costs nothing
     summary = PublishSummary(schema=schema, where=target.where())
     con = connect(target)
