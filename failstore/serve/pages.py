@@ -1,0 +1,134 @@
+"""The server-rendered pages: home, class, slice / leaf gallery, image, SQL."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote, urlencode
+
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+from starlette.routing import Route
+
+from failstore.errors import FailstoreError, StoreError
+from failstore.serve import data, views
+from failstore.serve.data import SliceKey
+from failstore.serve.render import render
+
+
+class ServerLinks:
+    """Links of the live server (absolute paths, parameters in the query string)."""
+
+    def home(self) -> str:
+        return "/"
+
+    def class_(self, model: str, cls: str) -> str:
+        return f"/class/{quote(str(model), safe='')}/{quote(str(cls), safe='')}"
+
+    def slice_(self, key: SliceKey) -> str:
+        return "/slice?" + urlencode(key.params())
+
+    def leaf(self, model: str, cls: str, leaf: Any) -> str:
+        return "/leaf?" + urlencode({"model": model, "class": cls, "leaf": leaf})
+
+    def image(self, image_id: str) -> str:
+        return f"/image/{quote(str(image_id), safe='')}"
+
+    def thumb(self, image_id: str) -> str:
+        return f"/api/images/{quote(str(image_id), safe='')}/thumb?size=128"
+
+    def full(self, image_id: str) -> str:
+        return f"/api/images/{quote(str(image_id), safe='')}"
+
+    def saliency(self, image_id: str, model: str, method: str) -> str:
+        return f"/api/images/{image_id}/saliency?" + urlencode({"model": model, "method": method})
+
+    def sql(self, q: str = "") -> str:
+        return "/sql" + ("?" + urlencode({"q": q}) if q else "")
+
+    def api(self, q: str, fmt: str) -> str | None:
+        return "/api/sql?" + urlencode({"q": q, "format": fmt})
+
+
+LINKS = ServerLinks()
+
+
+def page(template: str, context: dict[str, Any], status: int = 200) -> HTMLResponse:
+    return HTMLResponse(render(template, {**context, "links": LINKS}), status_code=status)
+
+
+def error_page(e: FailstoreError) -> HTMLResponse:
+    status = 404 if isinstance(e, StoreError) else 400
+    return page("error.html", {"status": status, "message": e.one_line()}, status)
+
+
+def handled(endpoint):
+    import functools
+
+    @functools.wraps(endpoint)
+    async def wrapped(request: Request) -> Response:
+        try:
+            return await endpoint(request)
+        except FailstoreError as e:
+            return error_page(e)
+
+    return wrapped
+
+
+def page_number(request: Request) -> int:
+    try:
+        return max(0, int(request.query_params.get("page", 0)))
+    except ValueError:
+        return 0
+
+
+async def home(request: Request) -> Response:
+    return page(*views.home(request.app.state.store))
+
+
+async def class_page(request: Request) -> Response:
+    p = request.path_params
+    return page(*views.class_page(request.app.state.store, p["model"], p["cls"]))
+
+
+async def slice_page(request: Request) -> Response:
+    q = request.query_params
+    key = data.slice_key(q.get("model", ""), q.get("class", ""), q.get("grouping", "label"),
+                         q.get("tag_source", "tags"), q.get("tags", ""))  # fmt: skip
+    sql, params = data.slice_sql(key)
+
+    def page_url(n: int) -> str:
+        return "/slice?" + urlencode({**key.params(), "page": n})
+
+    title = f"Slice {' + '.join(key.tags)}"
+    return page(*views.gallery(request.app.state.store, title, sql, params, key.model, key.cls,
+                               page_number(request), page_url))  # fmt: skip
+
+
+async def leaf_page(request: Request) -> Response:
+    q = request.query_params
+    model, cls, leaf = q.get("model", ""), q.get("class", ""), q.get("leaf", "")
+    sql, params = data.leaf_sql(model, cls, leaf)
+
+    def page_url(n: int) -> str:
+        return "/leaf?" + urlencode({"model": model, "class": cls, "leaf": leaf, "page": n})
+
+    return page(*views.gallery(request.app.state.store, f"Barlow leaf {leaf}", sql, params,
+                               model, cls, page_number(request), page_url))  # fmt: skip
+
+
+async def image_page(request: Request) -> Response:
+    return page(*views.image_page(request.app.state.store, request.path_params["image_id"]))
+
+
+async def sql_page(request: Request) -> Response:
+    return page(*views.sql_page(request.app.state.store, request.query_params.get("q", "")))
+
+
+ROUTES = [
+    Route("/", handled(home)),
+    Route("/class/{model}/{cls}", handled(class_page)),
+    Route("/slice", handled(slice_page)),
+    Route("/leaf", handled(leaf_page)),
+    Route("/image/{image_id}", handled(image_page)),
+    Route("/sql", handled(sql_page)),
+]
