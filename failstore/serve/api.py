@@ -30,7 +30,6 @@ from failstore.serve import data, images
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 MAX_OFFSET = 10_000_000
-MAX_QUERY_CHARS = 20_000
 API_TIMEOUT_S = 10.0
 RESERVED = {"q", "format", "limit", "offset", "_"}  # not query parameters
 
@@ -79,25 +78,13 @@ def paging(request: Request) -> tuple[int, int]:
     return limit, offset
 
 
-def paged_query(sql: str, limit: int, offset: int) -> str:
-    """``sql`` wrapped in a page; the guard checks the whole statement (one read-only query)."""
-    body = sql.strip().rstrip(";").strip()
-    if not body:
-        raise InputError("empty query", hint="pass q=SELECT ...")
-    if len(body) > MAX_QUERY_CHARS:
-        raise InputError(f"query longer than {MAX_QUERY_CHARS} characters")
-    return f"SELECT * FROM (\n{body}\n) AS _page LIMIT {limit + 1} OFFSET {offset}"
-
-
 def run_page(request: Request, sql: str, params: dict[str, str]) -> Response:
     store = request.app.state.store
     limit, offset = paging(request)
     fmt = request.query_params.get("format", "json")
     if fmt not in ("json", "csv"):
         raise InputError(f"unknown format {fmt!r}", hint="json or csv")
-    table = session(store).execute(
-        paged_query(sql, limit, offset), params=params, timeout_s=API_TIMEOUT_S
-    )
+    table = data.page(store, sql, params, limit, offset, timeout_s=API_TIMEOUT_S)
     more = table.num_rows > limit
     table = table.slice(0, limit)
     if fmt == "csv":
@@ -128,7 +115,12 @@ def to_csv(table: pa.Table) -> str:
 
 
 def query_params(request: Request) -> dict[str, str]:
-    return {k: v for k, v in request.query_params.items() if k not in RESERVED}
+    """The query parameters that are SQL parameters: every one but the API's own; ``param.NAME``
+    passes a parameter whose name is one of those (e.g. coverage_lowest's $limit)."""
+    out = {k: v for k, v in request.query_params.items() if k not in RESERVED}
+    for k in [k for k in out if k.startswith("param.")]:
+        out[k[len("param.") :]] = out.pop(k)
+    return out
 
 
 async def api_sql(request: Request) -> Response:
@@ -152,7 +144,7 @@ async def api_queries(request: Request) -> Response:
                     {"name": p.name, "default": p.default, "description": p.description}
                     for p in q.parameters
                 ],
-            }  # fmt: skip
+            }
             for q in sorted(stored.values(), key=lambda q: q.name)
         ]
     )
@@ -179,7 +171,7 @@ async def api_tables(request: Request) -> Response:
                     {"name": f.name, "type": sql_type(f.type), "nullable": f.nullable}
                     for f in store.schema(n)
                 ],
-            }  # fmt: skip
+            }
             for n in store.table_names()
         ]
     )

@@ -15,6 +15,7 @@ from failstore.queries.sql.session import session
 from failstore.store import Store
 
 PAGE_TIMEOUT_S = 20.0
+MAX_QUERY_CHARS = 20_000
 ID_RE = re.compile(r"^[0-9a-f]{64}$")
 COLUMN_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 GROUPINGS = ("label", "prediction")
@@ -36,6 +37,37 @@ class Result:
 def run(store: Store, sql: str, params: Mapping[str, str] | None = None) -> pa.Table:
     """One guarded read-only query (raises SqlError and friends)."""
     return session(store).execute(sql, params=dict(params or {}), timeout_s=PAGE_TIMEOUT_S)
+
+
+def check_body(sql: str) -> str:
+    """The query without a trailing semicolon; InputError when empty or too long."""
+    body = sql.strip().rstrip(";").strip()
+    if not body:
+        raise InputError("empty query", hint="pass q=SELECT ...")
+    if len(body) > MAX_QUERY_CHARS:
+        raise InputError(f"query longer than {MAX_QUERY_CHARS} characters")
+    return body
+
+
+def paged_query(sql: str, limit: int, offset: int) -> str:
+    """``sql`` wrapped in a page (one more row than ``limit``, to tell whether there is more);
+    the guard checks the whole statement (one read-only query)."""
+    return f"SELECT * FROM (\n{check_body(sql)}\n) AS _page LIMIT {limit + 1} OFFSET {offset}"
+
+
+def page(
+    store: Store,
+    sql: str,
+    params: Mapping[str, str] | None,
+    limit: int,
+    offset: int = 0,
+    timeout_s: float = PAGE_TIMEOUT_S,
+) -> pa.Table:
+    """At most ``limit + 1`` rows of a query from ``offset``: the query is guarded on its own
+    first (so a refusal names the user's query, not the page around it), then run as a page."""
+    engine = session(store).engine(timeout_s=timeout_s)
+    engine.guard(check_body(sql), params=dict(params or {}))
+    return engine.execute(paged_query(sql, limit, offset), params=dict(params or {}))
 
 
 def rows(store: Store, sql: str, params: Mapping[str, str] | None = None) -> Result:

@@ -91,15 +91,15 @@ def thumbnail(store: Store, ref: ImageRef, size: int) -> Path:
 def _draw_thumb(ref: ImageRef, size: int) -> bytes:
     from PIL import Image, ImageDraw
 
-    with Image.open(ref.path) as im:
-        im = im.convert("RGB")
+    with Image.open(ref.path) as opened:
+        im = opened.convert("RGB")
         sx, sy = im.width, im.height
         im.thumbnail((size, size))
         fx, fy = im.width / max(sx, 1), im.height / max(sy, 1)
         # A tiny picture is scaled up so its boxes are visible.
         if im.width < size // 2:
             k = size / max(im.width, im.height)
-            im = im.resize((round(im.width * k), round(im.height * k)), Image.NEAREST)
+            im = im.resize((round(im.width * k), round(im.height * k)), Image.Resampling.NEAREST)
             fx, fy = fx * k, fy * k
         draw = ImageDraw.Draw(im)
         for i, b in enumerate(ref.boxes):
@@ -116,8 +116,8 @@ def overlay(store: Store, ref: ImageRef, saliency: dict[str, Any], size: int) ->
     import numpy as np
     from PIL import Image
 
-    with Image.open(ref.path) as im:
-        im = im.convert("RGB")
+    with Image.open(ref.path) as opened:
+        im = opened.convert("RGB")
         w0, h0 = im.width, im.height
         m = np.asarray(saliency["map"], np.float32).reshape(saliency["height"], saliency["width"])
         m = np.abs(m)
@@ -126,13 +126,13 @@ def overlay(store: Store, ref: ImageRef, saliency: dict[str, Any], size: int) ->
         x0, y0 = int(saliency.get("x0") or 0), int(saliency.get("y0") or 0)
         x1 = int(saliency.get("x1") or w0)
         y1 = int(saliency.get("y1") or h0)
-        heat = heat.resize((max(x1 - x0, 1), max(y1 - y0, 1)), Image.BILINEAR)
+        heat = heat.resize((max(x1 - x0, 1), max(y1 - y0, 1)), Image.Resampling.BILINEAR)
         alpha = Image.new("L", (w0, h0), 0)
         alpha.paste(heat.point(lambda v: int(v * 0.7)), (x0, y0))
         red = Image.new("RGB", (w0, h0), (255, 0, 0))
         im = Image.composite(red, im, alpha)
         k = size / max(w0, h0)
-        im = im.resize((max(round(w0 * k), 1), max(round(h0 * k), 1)), Image.NEAREST)
+        im = im.resize((max(round(w0 * k), 1), max(round(h0 * k), 1)), Image.Resampling.NEAREST)
         buf = io.BytesIO()
         im.save(buf, "PNG")
     return buf.getvalue()

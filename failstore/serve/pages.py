@@ -45,8 +45,8 @@ class ServerLinks:
     def sql(self, q: str = "") -> str:
         return "/sql" + ("?" + urlencode({"q": q}) if q else "")
 
-    def api(self, q: str, fmt: str) -> str | None:
-        return "/api/sql?" + urlencode({"q": q, "format": fmt})
+    def api(self, q: str, fmt: str, params: dict[str, str] | None = None) -> str | None:
+        return "/api/sql?" + urlencode({"q": q, "format": fmt, **(params or {})})
 
 
 LINKS = ServerLinks()

@@ -106,7 +106,7 @@ class ReportLinks:
     def sql(self, q: str = "") -> str:
         return self._page("sql.html", "sql")
 
-    def api(self, q: str, fmt: str) -> str | None:
+    def api(self, q: str, fmt: str, params: dict[str, str] | None = None) -> str | None:
         return None  # no API in a static report
 
     def _write(self, name: str, draw, image_id: str) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from failstore.errors import FailstoreError
 from failstore.serve import data
 from failstore.serve.data import Result, SliceKey
 from failstore.store import Store
@@ -31,7 +32,7 @@ class Links(Protocol):
     def full(self, image_id: str) -> str: ...
     def saliency(self, image_id: str, model: str, method: str) -> str: ...
     def sql(self, q: str = "") -> str: ...
-    def api(self, q: str, fmt: str) -> str | None: ...
+    def api(self, q: str, fmt: str, params: dict[str, str] | None = None) -> str | None: ...
 
 
 def only(res: Result, **where: Any) -> Result:
@@ -145,10 +146,9 @@ def image_page(store: Store, image_id: str) -> tuple[str, dict[str, Any]]:
 def sql_page(store: Store, q: str, limit: int = 100) -> tuple[str, dict[str, Any]]:
     res = Result()
     if q.strip():
-        from failstore.serve.api import paged_query
-
         try:
-            res = data.rows(store, paged_query(q, limit, 0))
-        except Exception as e:  # InputError from paged_query
-            res = Result(missing=str(e))
+            table = data.page(store, q, None, limit)
+            res = Result(table.to_pylist(), table.column_names)
+        except FailstoreError as e:
+            res = Result(missing=e.one_line())
     return "sql.html", {"q": q, "res": res, "limit": limit}
