@@ -84,7 +84,8 @@ def _cached(store: Store, ref: ImageRef, kind: str, size: int, draw) -> Path:
 
 
 def thumbnail(store: Store, ref: ImageRef, size: int) -> Path:
-    """A PNG thumbnail (longest side ``size``) with the boxes drawn, cached on disk."""
+    """A PNG thumbnail (longest side ``size``, scaled up or down) with the boxes drawn,
+    cached on disk."""
     return _cached(store, ref, "thumbs", size, lambda: _draw_thumb(ref, size))
 
 
@@ -93,14 +94,12 @@ def _draw_thumb(ref: ImageRef, size: int) -> bytes:
 
     with Image.open(ref.path) as opened:
         im = opened.convert("RGB")
-        sx, sy = im.width, im.height
-        im.thumbnail((size, size))
-        fx, fy = im.width / max(sx, 1), im.height / max(sy, 1)
-        # A tiny picture is scaled up so its boxes are visible.
-        if im.width < size // 2:
-            k = size / max(im.width, im.height)
-            im = im.resize((round(im.width * k), round(im.height * k)), Image.Resampling.NEAREST)
-            fx, fy = fx * k, fy * k
+        # Longest side ``size``: small pictures are scaled up (pixels kept sharp) so their
+        # boxes are visible.
+        k = size / max(im.width, im.height, 1)
+        how = Image.Resampling.LANCZOS if k < 1 else Image.Resampling.NEAREST
+        im = im.resize((max(round(im.width * k), 1), max(round(im.height * k), 1)), how)
+        fx = fy = k
         draw = ImageDraw.Draw(im)
         for i, b in enumerate(ref.boxes):
             xy = (b["x0"] * fx, b["y0"] * fy, b["x1"] * fx, b["y1"] * fy)
