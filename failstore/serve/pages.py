@@ -81,6 +81,14 @@ def page_number(request: Request) -> int:
         return 0
 
 
+def per_page(request: Request) -> int:
+    """Thumbnails per side of a gallery page: ``per_page`` (1..200), default 48."""
+    try:
+        return min(200, max(1, int(request.query_params.get("per_page", views.PER_PAGE))))
+    except ValueError:
+        return views.PER_PAGE
+
+
 async def home(request: Request) -> Response:
     return page(*views.home(request.app.state.store))
 
@@ -95,25 +103,28 @@ async def slice_page(request: Request) -> Response:
     key = data.slice_key(q.get("model", ""), q.get("class", ""), q.get("grouping", "label"),
                          q.get("tag_source", "tags"), q.get("tags", ""))  # fmt: skip
     sql, params = data.slice_sql(key)
+    size = per_page(request)
 
     def page_url(n: int) -> str:
-        return "/slice?" + urlencode({**key.params(), "page": n})
+        return "/slice?" + urlencode({**key.params(), "page": n, "per_page": size})
 
     title = f"Slice {' + '.join(key.tags)}"
     return page(*views.gallery(request.app.state.store, title, sql, params, key.model, key.cls,
-                               page_number(request), page_url))  # fmt: skip
+                               page_number(request), page_url, size))  # fmt: skip
 
 
 async def leaf_page(request: Request) -> Response:
     q = request.query_params
     model, cls, leaf = q.get("model", ""), q.get("class", ""), q.get("leaf", "")
     sql, params = data.leaf_sql(model, cls, leaf)
+    size = per_page(request)
 
     def page_url(n: int) -> str:
-        return "/leaf?" + urlencode({"model": model, "class": cls, "leaf": leaf, "page": n})
+        q = {"model": model, "class": cls, "leaf": leaf, "page": n, "per_page": size}
+        return "/leaf?" + urlencode(q)
 
     return page(*views.gallery(request.app.state.store, f"Barlow leaf {leaf}", sql, params,
-                               model, cls, page_number(request), page_url))  # fmt: skip
+                               model, cls, page_number(request), page_url, size))  # fmt: skip
 
 
 async def image_page(request: Request) -> Response:
