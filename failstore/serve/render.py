@@ -30,8 +30,8 @@ def cell(v: Any) -> str:
     return text if len(text) <= 160 else text[:157] + "..."
 
 
-def shown(columns: list[str]) -> list[str]:
-    return [c for c in columns if c not in HIDDEN]
+def shown(columns: list[str], hide: tuple[str, ...] | list[str] = ()) -> list[str]:
+    return [c for c in columns if c not in HIDDEN and c not in hide]
 
 
 @functools.cache

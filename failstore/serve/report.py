@@ -46,6 +46,20 @@ class ReportLinks:
         self.queue: deque[tuple[str, str, tuple[Any, ...]]] = deque()
         self.seen: set[str] = set()
         self.files: set[str] = set()
+        self.maps: dict[tuple[str, str, str], dict[str, Any]] = {}  # saliency rows read
+        self.refs: dict[str, images.ImageRef | FailstoreError] = {}
+
+    def ref(self, image_id: str) -> images.ImageRef:
+        """The stored image (looked up once per report)."""
+        if image_id not in self.refs:
+            try:
+                self.refs[image_id] = images.lookup(self.store, image_id)
+            except FailstoreError as e:
+                self.refs[image_id] = e
+        found = self.refs[image_id]
+        if isinstance(found, FailstoreError):
+            raise found
+        return found
 
     def _page(self, name: str, kind: str, *args: Any) -> str:
         if name not in self.seen:
@@ -79,7 +93,7 @@ class ReportLinks:
 
     def full(self, image_id: str) -> str:
         try:
-            ref = images.lookup(self.store, image_id)
+            ref = self.ref(image_id)
         except FailstoreError:
             return self.thumb(image_id)
         name = f"images/{image_id}{ref.path.suffix.lower() or '.img'}"
@@ -97,8 +111,10 @@ class ReportLinks:
             self.files.add(name)
 
             def draw(ref: images.ImageRef) -> bytes:
-                found = saliency_maps(self.store, image_id, model, method)
-                return images.overlay(self.store, ref, found[0], 256)
+                row = self.maps.get((image_id, model, method))
+                if row is None:
+                    row = saliency_maps(self.store, image_id, model, method)[0]
+                return images.overlay(self.store, ref, row, 256)
 
             self._write(name, draw, image_id)
         return name
@@ -113,7 +129,7 @@ class ReportLinks:
         path = self.out / name
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            path.write_bytes(draw(images.lookup(self.store, image_id)))
+            path.write_bytes(draw(self.ref(image_id)))
         except (FailstoreError, OSError, ValueError):
             path.write_bytes(_PLACEHOLDER)  # the file is gone: a grey square, the link holds
 
@@ -131,7 +147,13 @@ def _placeholder() -> bytes:
 _PLACEHOLDER = _placeholder()
 
 
-def _render(store: Store, links: ReportLinks, kind: str, args: tuple[Any, ...]) -> str:
+def _render(
+    store: Store,
+    links: ReportLinks,
+    kind: str,
+    args: tuple[Any, ...],
+    facts: dict[str, dict[str, Any]] | None = None,
+) -> str:
     if kind == "class":
         template, ctx = views.class_page(store, *args)
     elif kind == "slice":
@@ -145,7 +167,8 @@ def _render(store: Store, links: ReportLinks, kind: str, args: tuple[Any, ...]) 
         template, ctx = views.gallery(store, f"Barlow leaf {leaf}", sql, params, model, cls,
                                       per_page=REPORT_PER_SIDE)  # fmt: skip
     elif kind == "image":
-        template, ctx = views.image_page(store, *args)
+        (image_id,) = args
+        template, ctx = views.image_page(store, image_id, facts.get(image_id) if facts else None)
     elif kind == "sql":
         template, ctx = (
             "error.html",
@@ -169,8 +192,23 @@ def write_report(store: Store, out_dir: Path | str) -> Written:
     (out / "index.html").write_text(render(template, {**ctx, "links": links}), encoding="utf-8")
     written.pages += 1
     while links.queue:
-        name, kind, args = links.queue.popleft()
-        (out / name).write_text(_render(store, links, kind, args), encoding="utf-8")
-        written.pages += 1
+        # Other pages first; then every image page queued so far, their facts read in batches.
+        batch = [links.queue.popleft() for _ in range(len(links.queue))]
+        later = [item for item in batch if item[1] == "image"]
+        for name, kind, args in (item for item in batch if item[1] != "image"):
+            (out / name).write_text(_render(store, links, kind, args), encoding="utf-8")
+            written.pages += 1
+        if not later:
+            continue
+        if links.queue:  # non-image pages queued more pages: render those before the images
+            links.queue.extend(later)
+            continue
+        facts = views.image_facts(store, [args[0] for _, _, args in later])
+        for f in facts.values():
+            for row in f.get("saliency", views.Result()).rows:
+                links.maps[(row["image_id"], row["model"], row["method"])] = row
+        for name, kind, args in later:
+            (out / name).write_text(_render(store, links, kind, args, facts), encoding="utf-8")
+            written.pages += 1
     written.images = len(links.files)
     return written

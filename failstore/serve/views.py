@@ -111,35 +111,70 @@ def gallery(
     }  # fmt: skip
 
 
-def image_page(store: Store, image_id: str) -> tuple[str, dict[str, Any]]:
-    data.check_id(image_id)
-    p = {"id": image_id}
-    info = data.rows(store, "SELECT * EXCLUDE (image_id) FROM samples WHERE image_id = $id "
-                     "ORDER BY model", p)  # fmt: skip
-    image = data.rows(store, "SELECT image_id, uri, split, label, width, height FROM images "
-                      "WHERE image_id = $id", p)  # fmt: skip
-    tags = data.rows(store, "SELECT * FROM images WHERE image_id = $id", p)
-    tag_list = []
-    if tags.rows:
-        tag_list = list(tags.rows[0].get("tags") or [])
-    saliency: list[dict[str, Any]] = []
-    if store.has_table("saliency_maps"):
-        saliency = data.rows(
-            store, 'SELECT DISTINCT model, method, "explain", "class" FROM saliency_maps '
-            'WHERE image_id = $id ORDER BY model, method, "explain"', p,
-        ).rows  # fmt: skip
-    coverage = data.rows(
-        store, 'SELECT model, method, "explain", "case", iou, gtc, sc, soft_sc, sanity, '
-        "sanity_reason FROM coverage WHERE image_id = $id", p,
-    )  # fmt: skip
-    ces = Result(missing="no `explain` run yet: run `failstore explain` to see concepts")
-    if store.has_table("ces_images"):
-        ces = data.rows(store, "SELECT model, label, prediction, concept, score, rank "
-                        "FROM ces_images WHERE image_id = $id AND rank <= 5 "
-                        "ORDER BY model, rank", p)  # fmt: skip
+IMAGE_BATCH = 50  # image ids per query when the report reads many image pages' facts
+
+
+def _by_image(res: Result, ids: list[str]) -> dict[str, Result]:
+    """One Result per image id (the rows of that image, without the image_id column unless it
+    is the only key), or the same message for every id."""
+    out = {i: Result([], res.columns, res.missing) for i in ids}
+    for r in res.rows:
+        if r["image_id"] in out:
+            out[r["image_id"]].rows.append(r)
+    return out
+
+
+def image_facts(store: Store, ids: list[str]) -> dict[str, dict[str, Any]]:
+    """What an image page shows, for many images at once (a few queries per IMAGE_BATCH ids):
+    by id, its ``image`` row, ``tags``, ``predictions`` of every model, ``saliency`` maps,
+    ``coverage`` rows (case, sanity verdict) and ``ces`` top concepts."""
+    for i in ids:
+        data.check_id(i)
+    facts: dict[str, dict[str, Any]] = {i: {} for i in ids}
+    has_tags = "tags" in store.schema("images").names if store.has_table("images") else False
+    for start in range(0, len(ids), IMAGE_BATCH):
+        chunk = ids[start : start + IMAGE_BATCH]
+        p = {f"i{k}": v for k, v in enumerate(chunk)}
+        among = f"image_id IN ({', '.join(f'${k}' for k in p)})"
+        parts = {
+            "image": _by_image(data.rows(store, "SELECT image_id, uri, split, label, width, "
+                               f"height{', tags' if has_tags else ''} FROM images WHERE {among}",
+                               p), chunk),
+            "predictions": _by_image(data.rows(store, "SELECT * FROM samples WHERE "
+                                     f"{among} ORDER BY model", p), chunk),
+            "coverage": _by_image(data.rows(store, 'SELECT image_id, model, method, "explain", '
+                                  '"case", iou, gtc, sc, soft_sc, sanity, sanity_reason FROM '
+                                  f"coverage WHERE {among}", p), chunk),
+        }  # fmt: skip
+        if store.has_table("saliency_maps"):
+            parts["saliency"] = _by_image(data.rows(
+                store, 'SELECT image_id, model, method, "explain", "class", height, width, '
+                f'"map", x0, y0, x1, y1 FROM saliency_maps WHERE {among} '
+                'ORDER BY model, method, "explain"', p), chunk)  # fmt: skip
+        if store.has_table("ces_images"):
+            parts["ces"] = _by_image(data.rows(
+                store, "SELECT image_id, model, label, prediction, concept, score, rank "
+                f"FROM ces_images WHERE {among} AND rank <= 5 ORDER BY model, rank", p,
+            ), chunk)  # fmt: skip
+        for i in chunk:
+            for name, per_id in parts.items():
+                facts[i][name] = per_id[i]
+    return facts
+
+
+def image_page(
+    store: Store, image_id: str, facts: dict[str, Any] | None = None
+) -> tuple[str, dict[str, Any]]:
+    """An image: its row, tags, every model's prediction, saliency overlays with coverage case
+    and sanity verdict, CES top concepts (``facts``: from image_facts, read here if None)."""
+    f = facts if facts is not None else image_facts(store, [image_id])[image_id]
+    image = f["image"]
+    tags = list(image.rows[0].get("tags") or []) if image.rows else []
+    no_ces = Result(missing="no `explain` run yet: run `failstore explain` to see concepts")
+    saliency = f.get("saliency", Result()).rows
     return "image.html", {
-        "image_id": image_id, "image": image, "predictions": info, "tags": tag_list,
-        "saliency": saliency, "coverage": coverage, "ces": ces,
+        "image_id": image_id, "image": image, "predictions": f["predictions"], "tags": tags,
+        "saliency": saliency, "coverage": f["coverage"], "ces": f.get("ces", no_ces),
     }  # fmt: skip
 
 
