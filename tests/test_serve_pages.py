@@ -67,6 +67,26 @@ def test_class_page_sections_and_degradation(served):
     assert "/slice?" in text
 
 
+def test_failure_modes_shown_when_the_query_exists(served):
+    store, server = served
+    from failstore.queries.sql.session import make_user_query, session
+
+    sql = (
+        "SELECT $model AS model, $class AS class, 'small dogs on snow' AS cause, "
+        "['slices', 'barlow'] AS methods, 2 AS agree, 'small + snow' AS slice, "
+        "CAST(NULL AS INTEGER) AS leaf, CAST(NULL AS VARCHAR) AS concept"
+    )
+    q = make_user_query("failure_modes", sql, "test stand-in",
+                        {"model": "NULL", "class": "NULL"})  # fmt: skip
+    session(store).save_query(q)
+    try:
+        text = html.unescape(page(server, "/class/m/dog"))
+        assert "small dogs on snow" in text and "slices, barlow" in text
+        assert "tags=small%2Csnow" in text.partition("<h2>Confusions</h2>")[0]  # slice linked
+    finally:
+        session(store).drop_query("failure_modes")
+
+
 @pytest.mark.parametrize(
     ("tag_source", "tags"),
     [("tags", "small,snow"), ("attr_background,attr_size", "attr_background=snow,attr_size=small")],
