@@ -77,8 +77,8 @@ def class_page(store: Store, model: str, cls: str) -> tuple[str, dict[str, Any]]
     mode_slices = [_matching_slice(r.get("slice"), slice_keys) for r in modes.rows]
     return "class.html", {
         "model": model, "cls": cls, "rates": rates, "mode_slices": mode_slices,
-        "confusions": confusions, "slices": slices, "slice_keys": slice_keys, "leaves": leaves, "ces": ces,
-        "coverage": coverage, "modes": modes,
+        "confusions": confusions, "slices": slices, "slice_keys": slice_keys,
+        "leaves": leaves, "ces": ces, "coverage": coverage, "modes": modes,
     }  # fmt: skip
 
 
