@@ -18,6 +18,7 @@ from decimal import Decimal
 from typing import Any
 
 import pyarrow as pa
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
@@ -123,7 +124,7 @@ def query_params(request: Request) -> dict[str, str]:
     return out
 
 
-async def api_sql(request: Request) -> Response:
+def api_sql(request: Request) -> Response:
     """``/api/sql?q=SELECT...``: one read-only query, paged, JSON or CSV."""
     q = request.query_params.get("q")
     if q is None:
@@ -131,7 +132,7 @@ async def api_sql(request: Request) -> Response:
     return run_page(request, q, query_params(request))
 
 
-async def api_queries(request: Request) -> Response:
+def api_queries(request: Request) -> Response:
     """``/api/queries``: every stored query with its description and parameters."""
     stored = session(request.app.state.store).stored_queries()
     return JSONResponse(
@@ -150,7 +151,7 @@ async def api_queries(request: Request) -> Response:
     )
 
 
-async def api_query(request: Request) -> Response:
+def api_query(request: Request) -> Response:
     """``/api/queries/NAME?param=value``: the rows of one stored query, paged."""
     name = request.path_params["name"]
     stored = session(request.app.state.store).stored_queries()
@@ -159,7 +160,7 @@ async def api_query(request: Request) -> Response:
     return run_page(request, f'SELECT * FROM "{name}"', query_params(request))
 
 
-async def api_tables(request: Request) -> Response:
+def api_tables(request: Request) -> Response:
     """``/api/tables``: each table with its columns and SQL types."""
     store = request.app.state.store
     return JSONResponse(
@@ -177,13 +178,13 @@ async def api_tables(request: Request) -> Response:
     )
 
 
-async def api_image(request: Request) -> Response:
+def api_image(request: Request) -> Response:
     """``/api/images/ID``: the bytes of a stored image's file."""
     ref = images.lookup(request.app.state.store, request.path_params["image_id"])
     return FileResponse(ref.path, media_type=images.media_type(ref.path))
 
 
-async def api_thumb(request: Request) -> Response:
+def api_thumb(request: Request) -> Response:
     """``/api/images/ID/thumb?size=128``: a cached PNG thumbnail with the boxes drawn."""
     store = request.app.state.store
     ref = images.lookup(store, request.path_params["image_id"])
@@ -191,7 +192,7 @@ async def api_thumb(request: Request) -> Response:
     return FileResponse(images.thumbnail(store, ref, size), media_type="image/png")
 
 
-async def api_saliency(request: Request) -> Response:
+def api_saliency(request: Request) -> Response:
     """``/api/images/ID/saliency?model=M&method=X``: the image with that saliency map on top."""
     store = request.app.state.store
     ref = images.lookup(store, request.path_params["image_id"])
@@ -220,18 +221,15 @@ def saliency_maps(store, image_id: str, model: str | None = None, method: str | 
     return data.run(store, sql, params).to_pylist()
 
 
-async def not_found(request: Request) -> Response:
-    return error(f"no such endpoint {request.url.path[:120]}", 404)
-
-
 def handle_errors(endpoint):
-    """Every FailstoreError (and a broken query) -> a one-line JSON 4xx."""
+    """Run a (blocking) endpoint in the thread pool, so a long query does not hold up other
+    requests; every FailstoreError (and a broken query) -> a one-line JSON 4xx."""
     import functools
 
     @functools.wraps(endpoint)
     async def wrapped(request: Request) -> Response:
         try:
-            return await endpoint(request)
+            return await run_in_threadpool(endpoint, request)
         except FailstoreError as e:
             return failstore_error(e)
         except (ValueError, KeyError, OSError) as e:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import quote, urlencode
 
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
@@ -62,12 +63,13 @@ def error_page(e: FailstoreError) -> HTMLResponse:
 
 
 def handled(endpoint):
+    """Run a (blocking) page endpoint in the thread pool; FailstoreError -> an error page."""
     import functools
 
     @functools.wraps(endpoint)
     async def wrapped(request: Request) -> Response:
         try:
-            return await endpoint(request)
+            return await run_in_threadpool(endpoint, request)
         except FailstoreError as e:
             return error_page(e)
 
@@ -89,16 +91,16 @@ def per_page(request: Request) -> int:
         return views.PER_PAGE
 
 
-async def home(request: Request) -> Response:
+def home(request: Request) -> Response:
     return page(*views.home(request.app.state.store))
 
 
-async def class_page(request: Request) -> Response:
+def class_page(request: Request) -> Response:
     p = request.path_params
     return page(*views.class_page(request.app.state.store, p["model"], p["cls"]))
 
 
-async def slice_page(request: Request) -> Response:
+def slice_page(request: Request) -> Response:
     q = request.query_params
     key = data.slice_key(q.get("model", ""), q.get("class", ""), q.get("grouping", "label"),
                          q.get("tag_source", "tags"), q.get("tags", ""))  # fmt: skip
@@ -113,7 +115,7 @@ async def slice_page(request: Request) -> Response:
                                page_number(request), page_url, size))  # fmt: skip
 
 
-async def leaf_page(request: Request) -> Response:
+def leaf_page(request: Request) -> Response:
     q = request.query_params
     model, cls, leaf = q.get("model", ""), q.get("class", ""), q.get("leaf", "")
     sql, params = data.leaf_sql(model, cls, leaf)
@@ -127,11 +129,11 @@ async def leaf_page(request: Request) -> Response:
                                model, cls, page_number(request), page_url, size))  # fmt: skip
 
 
-async def image_page(request: Request) -> Response:
+def image_page(request: Request) -> Response:
     return page(*views.image_page(request.app.state.store, request.path_params["image_id"]))
 
 
-async def sql_page(request: Request) -> Response:
+def sql_page(request: Request) -> Response:
     return page(*views.sql_page(request.app.state.store, request.query_params.get("q", "")))
 
 
