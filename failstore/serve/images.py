@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import io
 import mimetypes
+import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,7 +79,7 @@ def _cached(store: Store, ref: ImageRef, kind: str, size: int, draw) -> Path:
     if not out.is_file():
         out.parent.mkdir(parents=True, exist_ok=True)
         data = draw()
-        tmp = out.with_suffix(f".{id(data)}.tmp")
+        tmp = out.with_suffix(f".{os.getpid()}-{threading.get_ident()}.tmp")
         tmp.write_bytes(data)
         tmp.replace(out)  # atomic: a concurrent request sees a whole file or none
     return out
