@@ -164,6 +164,10 @@ def test_hostile_input_is_refused_and_the_store_unchanged(served):
     for path in HOSTILE_PATHS:
         status, body = server.json(path)
         one_line_error(status, body, expect=(400, 404))
+    # parameter values are literals, never SQL text
+    evil = urlencode({"model": "m'; DROP TABLE images; --"})
+    status, body = server.json(f"/api/queries/confusions?{evil}")
+    assert status == 200 and body["rows"] == []
     # a huge result is paged, never materialised
     status, body = server.json(sql_url("SELECT range AS i FROM range(1000000000)", limit=1000))
     assert status == 200 and len(body["rows"]) == 1000 and body["next"] == 1000
