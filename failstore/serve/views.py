@@ -104,24 +104,33 @@ def gallery(
     cls: str,
     page: int = 0,
     page_url: Callable[[int], str] | None = None,
-    per_page: int | None = PER_PAGE,
+    per_page: int = PER_PAGE,
 ) -> tuple[str, dict[str, Any]]:
-    """Thumbnails of a slice's or a leaf's images, failing and not failing side by side."""
-    res = data.rows(store, sql, params)
-    failing = [r for r in res.rows if r["correct"] is not True]
-    passing = [r for r in res.rows if r["correct"] is True]
-    pages = 1
-    if per_page:
-        pages = max(1, -(-max(len(failing), len(passing)) // per_page))
-        page = min(max(page, 0), pages - 1)
-        cut = slice(page * per_page, (page + 1) * per_page)
-        failing_shown, passing_shown = failing[cut], passing[cut]
-    else:
-        failing_shown, passing_shown = failing, passing
+    """Thumbnails of a slice's or a leaf's images (``sql``: one row per image with image_id,
+    label, prediction, confidence, correct, tags), failing and not failing side by side, one
+    page of each read in SQL (a large slice is never read whole)."""
+    counts = data.rows(
+        store, "SELECT count(*) FILTER (WHERE correct IS NOT TRUE) AS failing, "
+        f"count(*) FILTER (WHERE correct IS TRUE) AS passing FROM ({sql}) AS g", params,
+    )  # fmt: skip
+    n_failing = counts.rows[0]["failing"] if counts.rows else 0
+    n_passing = counts.rows[0]["passing"] if counts.rows else 0
+    pages = max(1, -(-max(n_failing, n_passing) // per_page))
+    page = min(max(page, 0), pages - 1)
+
+    def side(cond: str) -> list[dict[str, Any]]:
+        if not counts.ok:
+            return []
+        return data.rows(
+            store, f"SELECT * FROM ({sql}) AS g WHERE {cond} ORDER BY image_id "
+            f"LIMIT {int(per_page)} OFFSET {int(page * per_page)}", params,
+        ).rows  # fmt: skip
+
     return "gallery.html", {
-        "title": title, "model": model, "cls": cls, "res": res, "sql": sql, "params": params,
-        "failing": failing_shown, "passing": passing_shown, "n_failing": len(failing),
-        "n_passing": len(passing), "page": page, "pages": pages, "page_url": page_url,
+        "title": title, "model": model, "cls": cls, "res": counts, "sql": sql, "params": params,
+        "failing": side("correct IS NOT TRUE"), "passing": side("correct IS TRUE"),
+        "n_failing": n_failing, "n_passing": n_passing, "page": page, "pages": pages,
+        "page_url": page_url,
     }  # fmt: skip
 
 
