@@ -50,3 +50,16 @@ def test_sql_does_not_import_torch(tmp_path):
     assert (
         _heavy(["--store", str(store.path), "sql", "SELECT count(*) AS n FROM ingest_errors"]) == ""
     )
+
+
+def test_serve_does_not_import_torch():
+    """`failstore serve` and the whole serve package (app, API, pages, report) stay light."""
+    assert _heavy(["serve", "--help"]) == ""
+    probe = (
+        "import sys\n"
+        "import failstore.serve.app, failstore.serve.report, failstore.cli.commands_serve\n"
+        "print(sorted(m for m in ('torch', 'torchvision', 'open_clip', 'timm', 'captum') "
+        "if m in sys.modules))"
+    )
+    r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip() == "[]", r.stderr

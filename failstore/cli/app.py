@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "commands_saliency",
     "commands_runs",
     "commands_feeds",
+    "commands_serve",
     "commands_demo",
 )
 # Which module registers each command that does not depend on the analyses found at run time.
@@ -42,6 +43,8 @@ CORE_COMMANDS = {
     "saliency": "commands_saliency",
     "publish": "commands_feeds",
     "export": "commands_feeds",
+    "serve": "commands_serve",
+    "report": "commands_serve",
 }
 GLOBAL_OPTIONS = {"--store": True, "--debug": False}  # option -> takes a value
 
