@@ -63,28 +63,20 @@ def test_class_page_sections_and_degradation(served):
         assert f"<h2>{section}</h2>" in text
     assert "run `failstore barlow`" in text and "run `failstore explain`" in text
     assert "run `failstore coverage`" in text
-    assert "failure_modes" in text  # the stored query is not in this failstore yet: said so
     assert "/slice?" in text
 
 
-def test_failure_modes_shown_when_the_query_exists(served):
+def test_failure_modes_section_shows_the_stored_query(served):
     store, server = served
-    from failstore.queries.sql.session import make_user_query, session
-
-    sql = (
-        "SELECT $model AS model, $class AS class, 'small dogs on snow' AS cause, "
-        "['slices', 'barlow'] AS methods, 2 AS agree, 'small + snow' AS slice, "
-        "CAST(NULL AS INTEGER) AS leaf, CAST(NULL AS VARCHAR) AS concept"
-    )
-    q = make_user_query("failure_modes", sql, "test stand-in",
-                        {"model": "NULL", "class": "NULL"})  # fmt: skip
-    session(store).save_query(q)
-    try:
-        text = html.unescape(page(server, "/class/m/dog"))
-        assert "small dogs on snow" in text and "slices, barlow" in text
-        assert "tags=small%2Csnow" in text.partition("<h2>Confusions</h2>")[0]  # slice linked
-    finally:
-        session(store).drop_query("failure_modes")
+    rows = run_sql(store, "SELECT * FROM failure_modes", params={"class": "dog"}).to_pylist()
+    causes = {r["cause"] for r in rows}
+    assert {"snow", "small"} <= causes  # the planted mode, named by slices
+    text = html.unescape(page(server, "/class/m/dog"))
+    section = text.partition("<h2>Failure modes</h2>")[2].partition("<h2>")[0]
+    for r in rows:
+        assert r["cause"] in section
+    # each row links to the images of the slice that names it
+    assert "/slice?" in section and "tags=" in section
 
 
 @pytest.mark.parametrize(
@@ -132,6 +124,8 @@ def test_leaf_gallery_before_and_after_barlow(served):
                      "AND leaf IS NOT NULL").column("leaf").to_pylist()  # fmt: skip
     assert leaves
     assert "/leaf?" in page(server, "/class/m/dog")
+    modes = html.unescape(page(server, "/class/m/dog")).partition("<h2>Failure modes</h2>")[2]
+    assert "leaf images" in modes.partition("<h2>")[0]  # failure modes link their leaves
     for leaf in leaves:
         failing, passing = gallery_ids(server, f"/leaf?model=m&class=dog&leaf={leaf}")
         sql = f"SELECT image_id FROM barlow_members WHERE class = 'dog' AND leaf = {leaf}"

@@ -74,7 +74,10 @@ def class_page(store: Store, model: str, cls: str) -> tuple[str, dict[str, Any]]
         SliceKey(model, r["class"], r["grouping"], r["tag_source"], tuple(sorted(r["tags"])))
         for r in slices.rows
     ]
-    mode_slices = [_matching_slice(r.get("slice"), slice_keys) for r in modes.rows]
+    mode_slices = [
+        _matching_slice(r.get("slice_tags"), r.get("slice_tag_source"), slice_keys)
+        for r in modes.rows
+    ]
     return "class.html", {
         "model": model, "cls": cls, "rates": rates, "mode_slices": mode_slices,
         "confusions": confusions, "slices": slices, "slice_keys": slice_keys,
@@ -82,17 +85,20 @@ def class_page(store: Store, model: str, cls: str) -> tuple[str, dict[str, Any]]
     }  # fmt: skip
 
 
-def _matching_slice(named: Any, keys: list[SliceKey]) -> SliceKey | None:
-    """The slice a failure mode row names (a list of tags, or tags joined by '+' or ','), among
-    the class's slices."""
-    if not named:
+def _matching_slice(tags: Any, tag_source: Any, keys: list[SliceKey]) -> SliceKey | None:
+    """The slice a `failure_modes` row names (its ``slice_tags`` and ``slice_tag_source``),
+    among the class's slices."""
+    if not tags:
         return None
-    if isinstance(named, str):
-        parts = [t.strip() for t in named.replace("+", ",").split(",")]
-    else:
-        parts = [str(t) for t in named]
-    want = sorted(t for t in parts if t)
-    return next((k for k in keys if sorted(k.tags) == want), None)
+    want = sorted(str(t) for t in tags)
+    return next(
+        (
+            k
+            for k in keys
+            if sorted(k.tags) == want and (tag_source is None or k.tag_source == tag_source)
+        ),
+        None,
+    )
 
 
 def gallery(
