@@ -313,6 +313,7 @@ def _second_model(store: Store) -> None:
     store.append("predictions", m2)
 
 
+STAGED = "tablename LIKE '\\_failstore\\_new%'"
 CONSISTENCY = (
     "SELECT (SELECT count(*) FROM {s}.images) AS images, "
     "(SELECT count(*) FROM {s}.predictions) AS predictions, "
@@ -415,10 +416,78 @@ def test_a_publish_broken_at_its_last_step_leaves_the_previous_state(store, pg, 
         assert "terminat" in last, last
     assert pg_table(pg.url, q).to_pylist() == old
     assert pg_table(pg.url, f"SELECT * FROM {schema}.failstore_publish ORDER BY name").equals(book)
-    leftovers = pg_scalar(
-        pg.url,
-        "SELECT count(*) FROM pg_tables WHERE tablename LIKE '\\_failstore\\_new%'",
-    )
-    assert leftovers == 0
+    staged = f"SELECT count(*) FROM pg_tables WHERE schemaname = '{schema}' AND {STAGED}"
+    copied = [line for line in err.splitlines() if line.startswith("copied ")]
+    assert len(copied) >= 2  # predictions, class_error_rates and what reads them
+    assert pg_scalar(pg.url, staged) == len(copied)  # staged, never live
     publish(store, pg.url, schema=schema)  # and the next publish goes through
     assert pg_table(pg.url, q).to_pylist() != old
+    assert pg_scalar(pg.url, staged) == 0  # and removes what the killed one staged
+
+
+def test_a_reader_queued_behind_the_switch_reads_the_new_state_whole(store, pg):
+    """PostgreSQL's DROP/RENAME is not MVCC-safe: a COPY that queues behind the switch's lock
+    has a snapshot from before the switch committed. Had the rows been written in the
+    switching transaction, it would read the new ``predictions`` as empty (seen once as
+    (600, 0, None, 0) by the concurrent readers test before the publish had two transactions)."""
+    schema = new_schema()
+    publish(store, pg.url, schema=schema)
+    q = CONSISTENCY.format(s=schema)
+    old = tuple(pg_table(pg.url, q).to_pylist()[0].values())
+    _second_model(store)
+    holder = pgdb.connect(pg.url)
+    cur = holder.cursor()
+    cur.execute(f"SELECT count(*) FROM {schema}.predictions")  # ACCESS SHARE until rollback
+    cur.fetchall()
+    done: list[BaseException | None] = []
+    publisher = threading.Thread(
+        target=lambda: done.append(_or_error(lambda: publish(store, pg.url, schema=schema)))
+    )
+    publisher.start()
+    seen: list[tuple] = []
+    try:
+        _wait_for_blocked_publisher(pg.url)
+        reader = threading.Thread(target=lambda: seen.append(_copy_out(pg.url, q)))
+        reader.start()
+        _wait_for_lock_waiters(pg.url, "COPY (SELECT (SELECT count(*)%", 1)
+    finally:
+        holder.rollback()
+        holder.close()
+    publisher.join(timeout=120)
+    reader.join(timeout=120)
+    assert done == [None]
+    new = (old[0], 2 * old[1], 2 * old[2], 2)
+    assert seen == [new]
+
+
+def _copy_out(url: str, query: str) -> tuple:
+    """``COPY (query) TO STDOUT`` (what psql's \\copy and exports run): a utility statement
+    whose snapshot is taken before its query waits for locks."""
+    import psycopg
+
+    with (
+        psycopg.connect(url, autocommit=True) as con,
+        con.cursor() as cur,
+        cur.copy(f"COPY ({query}) TO STDOUT") as copy,
+    ):
+        (row,) = list(copy.rows())
+    return tuple(None if v is None else int(v) for v in row)
+
+
+def _or_error(call) -> BaseException | None:
+    try:
+        call()
+    except BaseException as e:  # reported by the caller's assert
+        return e
+    return None
+
+
+def _wait_for_lock_waiters(url: str, like: str, count: int, timeout: float = 60) -> None:
+    end = time.monotonic() + timeout
+    query = (
+        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+        f"AND query LIKE '{like}'"
+    )
+    while pg_scalar(url, query) < count:
+        assert time.monotonic() < end, f"no query like {like!r} ever waited for a lock"
+        time.sleep(0.05)

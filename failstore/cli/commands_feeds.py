@@ -104,7 +104,7 @@ def publish(
     quiet: QuietOpt = False,
     timeout: TimeoutOpt = 3600.0,
 ) -> None:
-    """Copy every table and stored query result into a PostgreSQL schema, in one transaction.
+    """Copy every table and stored query result into a PostgreSQL schema, switched atomically.
 
     Only what changed since the last publish is copied; dashboards see the previous complete
     state or the new one. Exit codes: 0 done, 1 bad input or store, 2 usage, 3 the server

@@ -1,19 +1,29 @@
-"""``failstore publish``: the store's tables and stored query results into a PostgreSQL schema,
-in one transaction.
+"""``failstore publish``: the store's tables and stored query results into a PostgreSQL schema;
+readers see the previous complete state or the new one, never a mix.
 
-A run pins every table's Lance version, plans its feeds (``feeds.catalog``), then, inside one
-transaction holding an advisory lock on the schema (so two publishes queue):
+A run pins every table's Lance version, plans its feeds (``feeds.catalog``), takes a session
+advisory lock on the schema (so two publishes queue), then:
 
-1. reads the bookkeeping table ``failstore_publish`` (what the last publish wrote, from which
-   versions, with which options);
-2. streams every feed whose signature changed (its tables' versions, its SQL, its parameters or
-   the options) through ADBC's bulk ingest (binary COPY) into a new table under a temporary
-   name, invisible to readers until the commit;
-3. swaps: drops the old table and renames the new one; drops what failstore published before
-   and does not publish now; rewrites ``failstore_publish``; commits.
+1. **stage** (transaction 1): reads the bookkeeping table ``failstore_publish`` (what the last
+   publish wrote, from which versions, with which options), drops the staging tables a killed
+   publish left, and streams every feed whose signature changed (its tables' versions, its SQL,
+   its parameters or the options) through ADBC's bulk ingest (binary COPY) into a staging table
+   ``_failstore_new_<i>``; commits. No reader reads staging tables; the live ones are untouched.
+2. **wait** (bounded): until no other session holds a snapshot older than that commit, so a
+   reader queued behind the switch sees the staged rows (see below).
+3. **switch** (transaction 2): drops each old table and renames its staging table in its place,
+   drops what failstore published before and does not publish now, rewrites
+   ``failstore_publish``, commits.
 
-Readers therefore see the previous complete state or the new one; a dropped connection or a
-killed process rolls everything back. The live tables are locked only during the swap.
+Why two transactions: PostgreSQL's DROP/RENAME is not MVCC-safe. A reader whose statement
+queues behind the switch's lock took its snapshot before the switch committed; had the rows been
+written in the switching transaction, that reader would find the new table empty (measured: a
+reader saw ``predictions`` with 0 rows). Rows committed before the switch, and a wait until
+every open snapshot sees them, make it read the new state whole.
+
+A dropped connection or a killed process at any point leaves the live tables and the
+bookkeeping as they were; a kill after step 1 leaves staging tables, dropped by the next
+publish. The live tables are locked only during the switch.
 """
 
 from __future__ import annotations
@@ -179,12 +189,39 @@ class Run:
     say: Callable[[str], None] | None
 
 
+STAGING = "_failstore_new_"
+SNAPSHOT_WAIT_S = 5.0  # longest wait for older snapshots before the switch (module docstring)
+
+
 def _transaction(con: Any, run: Run, summary: PublishSummary) -> None:
+    """Stage, wait, switch (module docstring)."""
     s = ident(summary.schema)
-    engine, with_vectors = run.engine, run.with_vectors
     cur = con.cursor()
     cur.execute(f"CREATE SCHEMA IF NOT EXISTS {s}")
-    cur.execute(f"SELECT pg_advisory_xact_lock(hashtext({literal('failstore:' + summary.schema)}))")
+    con.commit()
+    # session-level: held across the two transactions, released when the connection closes
+    cur.execute(f"SELECT pg_advisory_lock(hashtext({literal('failstore:' + summary.schema)}))")
+    cur.fetchall()
+    staged = _stage(con, cur, run, summary)
+    if staged is None:
+        con.commit()
+        return
+    swaps, stale, book, xid = staged
+    con.commit()
+    _wait_for_older_snapshots(cur, xid, SNAPSHOT_WAIT_S)
+    _swap_and_record(cur, s, swaps, stale, book, run.engine, run.store, summary)
+    con.commit()
+
+
+Book = list[tuple[Feed, str, int, Sequence[str], datetime]]
+
+
+def _stage(
+    con: Any, cur: Any, run: Run, summary: PublishSummary
+) -> tuple[list[tuple[str, str]], list[str], Book, str] | None:
+    """Transaction 1: copy every changed feed into a staging table. None: nothing to switch."""
+    s = ident(summary.schema)
+    engine, with_vectors = run.engine, run.with_vectors
     cur.execute(BOOK_DDL.format(schema=s, book=ident(BOOK)))
     cur.execute(
         f"SELECT name, signature, rows, left_out, published_at, plan_key, sources, digest "
@@ -198,6 +235,8 @@ def _transaction(con: Any, run: Run, summary: PublishSummary) -> None:
         f"WHERE n.nspname = {literal(summary.schema)} AND c.relkind IN ('r', 'v', 'm', 'p')"
     )
     existing = {r[0] for r in cur.fetchall()}
+    for left in sorted(n for n in existing if n.startswith(STAGING)):
+        cur.execute(f"DROP TABLE IF EXISTS {s}.{ident(left)}")  # a killed publish's
     names = {f.name for f in feeds}
     foreign = sorted((existing & names) - set(previous))
     if foreign:
@@ -207,7 +246,7 @@ def _transaction(con: Any, run: Run, summary: PublishSummary) -> None:
             hint="drop them or publish into another --schema",
         )
     now = datetime.now(timezone.utc)
-    book: list[tuple[Feed, str, int, Sequence[str], datetime]] = []
+    book: Book = []
     swaps: list[tuple[str, str]] = []
     for i, feed in enumerate(feeds):
         sig = signature(feed, with_vectors)
@@ -217,7 +256,7 @@ def _transaction(con: Any, run: Run, summary: PublishSummary) -> None:
             book.append((feed, sig, old[2], old[3] or [], old[4]))
             continue
         t0 = time.perf_counter()
-        tmp = f"_failstore_new_{i}"
+        tmp = f"{STAGING}{i}"
         with catalog.stream(
             engine, feed, "postgresql", with_vectors=with_vectors, batch_rows=run.batch_rows
         ) as (rows, conv):
@@ -230,9 +269,38 @@ def _transaction(con: Any, run: Run, summary: PublishSummary) -> None:
         if run.say is not None:
             run.say(f"copied {feed.name} ({n:,} rows, {done.seconds:.1f} s)")
     stale = sorted(set(previous) - names)
-    if swaps or stale or set(previous) != names:
-        _swap_and_record(cur, s, swaps, stale, book, engine, run.store, summary)
-    con.commit()
+    if not (swaps or stale or set(previous) != names):
+        return None
+    cur.execute("SELECT txid_current()")  # assigns one if nothing was written
+    xid = str(cur.fetchone()[0])
+    return swaps, stale, book, xid
+
+
+def _wait_for_older_snapshots(cur: Any, xid: str, limit_s: float) -> None:
+    """Wait (at most ``limit_s``) until no other client session may hold a snapshot that does
+    not see transaction ``xid`` (just committed).
+
+    A session may when its transaction began before the commit and its oldest snapshot's xmin
+    is not newer than ``xid`` (``age`` orders xids across wraparound); a statement or
+    transaction that began after the commit sees it. A session holding such a snapshot longer
+    than ``limit_s`` (a long REPEATABLE READ transaction) does not stop the publish: it is the
+    documented caveat.
+    """
+    xid32 = int(xid) % (1 << 32)  # txid_current() carries the epoch; backend_xmin does not
+    cur.execute("SELECT clock_timestamp()::text")
+    committed = str(cur.fetchone()[0])
+    query = (
+        "SELECT count(*) FROM pg_stat_activity WHERE pid <> pg_backend_pid() "
+        "AND backend_type = 'client backend' AND backend_xmin IS NOT NULL "
+        f"AND age(backend_xmin) >= age('{xid32}'::xid) "
+        f"AND xact_start < {literal(committed)}::timestamptz"
+    )
+    end = time.monotonic() + limit_s
+    while True:
+        cur.execute(query)
+        if int(cur.fetchone()[0]) == 0 or time.monotonic() >= end:
+            return
+        time.sleep(0.01)
 
 
 def _swap_and_record(
@@ -240,7 +308,7 @@ def _swap_and_record(
     s: str,
     swaps: list[tuple[str, str]],
     stale: list[str],
-    book: list[tuple[Feed, str, int, Sequence[str], datetime]],
+    book: Book,
     engine: Any,
     store: Store,
     summary: PublishSummary,
