@@ -38,8 +38,8 @@ def free_port() -> int:
 
 
 @contextmanager
-def running(store: Store) -> Iterator[Server]:
-    """`python -m failstore.cli.app --store S serve --port P` until the block ends."""
+def running(store: Store, *args: str) -> Iterator[Server]:
+    """`python -m failstore.cli.app --store S serve --port P [args]` until the block ends."""
     port = free_port()
     env = {
         **os.environ,
@@ -47,7 +47,7 @@ def running(store: Store) -> Iterator[Server]:
     }
     proc = subprocess.Popen(
         [sys.executable, "-m", "failstore.cli.app", "--store", str(store.path), "serve",
-         "--port", str(port)],
+         "--port", str(port), *args],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )  # fmt: skip
     server = Server(port)

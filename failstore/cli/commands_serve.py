@@ -15,16 +15,29 @@ def serve(
     ctx: typer.Context,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8501,
+    cache_mb: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Memory for results of stored queries and pages, reused until the "
+            "store changes (0: off).",
+        ),
+    ] = 64,
+    timeout: Annotated[
+        float, typer.Option(min=0.1, help="Time limit of each API query, in seconds.")
+    ] = 10.0,
 ) -> None:
     """Browse the store's failures in a web browser: pages and a read-only JSON/CSV API.
 
     Example: failstore serve --port 8501
     """
     from failstore.serve.app import serve as run
+    from failstore.serve.cache import configure
 
     store = state(ctx).open_store()
+    configure(store, cache_mb << 20)
     typer.echo(f"serving {store.path} on http://{host}:{port}/ (Ctrl-C stops)")
-    run(store, host=host, port=port)
+    run(store, host=host, port=port, timeout_s=timeout)
 
 
 def report(

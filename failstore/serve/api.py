@@ -24,14 +24,14 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from failstore.errors import FailstoreError, InputError, StoreError
-from failstore.queries.sql.session import session
 from failstore.queries.sql.stored import sql_type
-from failstore.serve import data, images
+from failstore.serve import cache, data, images
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 MAX_OFFSET = 10_000_000
 API_TIMEOUT_S = 10.0
+THUMB_CACHE_CONTROL = "private, max-age=3600"  # a browser reuses a gallery's thumbnails
 RESERVED = {"q", "format", "limit", "offset", "_"}  # not query parameters
 
 
@@ -79,17 +79,38 @@ def paging(request: Request) -> tuple[int, int]:
     return limit, offset
 
 
-def run_page(request: Request, sql: str, params: dict[str, str]) -> Response:
+def run_page(
+    request: Request, sql: str, params: dict[str, str], *, cached: bool = False
+) -> Response:
+    """One page of a query as JSON or CSV. ``cached``: the encoded page is kept in the result
+    cache until the store changes (stored queries; ad-hoc SQL may call ``random()``)."""
     store = request.app.state.store
     limit, offset = paging(request)
     fmt = request.query_params.get("format", "json")
     if fmt not in ("json", "csv"):
         raise InputError(f"unknown format {fmt!r}", hint="json or csv")
-    table = data.page(store, sql, params, limit, offset, timeout_s=API_TIMEOUT_S)
+
+    def encode() -> bytes:
+        timeout_s = getattr(request.app.state, "timeout_s", API_TIMEOUT_S)
+        table = data.page(store, sql, params, limit, offset, timeout_s=timeout_s)
+        return encoded(table, fmt, limit, offset)
+
+    if cached:
+        key = ("api", sql, tuple(sorted(params.items())), limit, offset, fmt,
+               tuple(sorted(store.versions().items())))  # fmt: skip
+        body = cache.cache_for(store).get(key, encode)
+    else:
+        body = encode()
+    media = "text/csv; charset=utf-8" if fmt == "csv" else "application/json"
+    return Response(body, media_type=media)
+
+
+def encoded(table: pa.Table, fmt: str, limit: int, offset: int) -> bytes:
+    """The body of a page: ``limit + 1`` rows were read, the last one says there is more."""
     more = table.num_rows > limit
     table = table.slice(0, limit)
     if fmt == "csv":
-        return Response(to_csv(table), media_type="text/csv; charset=utf-8")
+        return to_csv(table).encode("utf-8")
     return JSONResponse(
         {
             "columns": table.column_names,
@@ -99,7 +120,7 @@ def run_page(request: Request, sql: str, params: dict[str, str]) -> Response:
             "offset": offset,
             "next": offset + limit if more else None,
         }
-    )
+    ).body
 
 
 def to_csv(table: pa.Table) -> str:
@@ -134,7 +155,7 @@ def api_sql(request: Request) -> Response:
 
 def api_queries(request: Request) -> Response:
     """``/api/queries``: every stored query with its description and parameters."""
-    stored = session(request.app.state.store).stored_queries()
+    stored = data.stored_queries(request.app.state.store)
     return JSONResponse(
         [
             {
@@ -154,10 +175,10 @@ def api_queries(request: Request) -> Response:
 def api_query(request: Request) -> Response:
     """``/api/queries/NAME?param=value``: the rows of one stored query, paged."""
     name = request.path_params["name"]
-    stored = session(request.app.state.store).stored_queries()
+    stored = data.stored_queries(request.app.state.store)
     if name not in stored:
         return error(f"no stored query {name[:80]!r}", 404)
-    return run_page(request, f'SELECT * FROM "{name}"', query_params(request))
+    return run_page(request, f'SELECT * FROM "{name}"', query_params(request), cached=True)
 
 
 def api_tables(request: Request) -> Response:
@@ -189,7 +210,13 @@ def api_thumb(request: Request) -> Response:
     store = request.app.state.store
     ref = images.lookup(store, request.path_params["image_id"])
     size = images.thumb_size(request.query_params.get("size"))
-    return FileResponse(images.thumbnail(store, ref, size), media_type="image/png")
+    # Bytes, not FileResponse: a thumbnail is a few KB, and FileResponse's async file
+    # reads cost several thread hops each (100 thumbnails over 6 connections: 325 -> 130 ms).
+    return Response(
+        images.thumbnail(store, ref, size).read_bytes(),
+        media_type="image/png",
+        headers={"Cache-Control": THUMB_CACHE_CONTROL},
+    )
 
 
 def api_saliency(request: Request) -> Response:

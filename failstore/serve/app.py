@@ -21,18 +21,22 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return pages.page("error.html", {"status": status, "message": message}, status)
 
 
-def create_app(store: Store) -> Starlette:
-    """The app over one store (read-only: every query goes through the SQL guard)."""
+def create_app(store: Store, timeout_s: float = api.API_TIMEOUT_S) -> Starlette:
+    """The app over one store (read-only: every query goes through the SQL guard);
+    ``timeout_s``: the time limit of each API query."""
     app = Starlette(
         routes=[*api.ROUTES, *pages.ROUTES],
         exception_handlers={HTTPException: _http_error, 500: _http_error},
     )
     app.state.store = store
+    app.state.timeout_s = timeout_s
     return app
 
 
-def serve(store: Store, host: str = "127.0.0.1", port: int = 8501) -> None:
+def serve(
+    store: Store, host: str = "127.0.0.1", port: int = 8501, timeout_s: float = api.API_TIMEOUT_S
+) -> None:
     """Run the app until interrupted."""
     import uvicorn
 
-    uvicorn.run(create_app(store), host=host, port=port, log_level="warning")
+    uvicorn.run(create_app(store, timeout_s), host=host, port=port, log_level="warning")

@@ -12,6 +12,7 @@ import pyarrow as pa
 
 from failstore.errors import FailstoreError, InputError
 from failstore.queries.sql.session import session
+from failstore.serve import cache
 from failstore.store import Store
 
 PAGE_TIMEOUT_S = 20.0
@@ -35,8 +36,22 @@ class Result:
 
 
 def run(store: Store, sql: str, params: Mapping[str, str] | None = None) -> pa.Table:
-    """One guarded read-only query (raises SqlError and friends)."""
-    return session(store).execute(sql, params=dict(params or {}), timeout_s=PAGE_TIMEOUT_S)
+    """One guarded read-only query (raises SqlError and friends), from the result cache when
+    the store has not changed since it last ran."""
+    p = dict(params or {})
+    versions = store.versions()
+    return cache.cache_for(store).get(
+        ("run", sql, _frozen(p), _frozen(versions)),
+        lambda: (
+            session(store)
+            .engine(versions=versions, timeout_s=PAGE_TIMEOUT_S)
+            .execute(sql, params=p)
+        ),
+    )
+
+
+def _frozen(d: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
+    return tuple(sorted(d.items()))
 
 
 def check_body(sql: str) -> str:
@@ -62,12 +77,24 @@ def page(
     limit: int,
     offset: int = 0,
     timeout_s: float = PAGE_TIMEOUT_S,
+    cached: bool = False,
 ) -> pa.Table:
     """At most ``limit + 1`` rows of a query from ``offset``: the query is guarded on its own
-    first (so a refusal names the user's query, not the page around it), then run as a page."""
-    engine = session(store).engine(timeout_s=timeout_s)
-    engine.guard(check_body(sql), params=dict(params or {}))
-    return engine.execute(paged_query(sql, limit, offset), params=dict(params or {}))
+    first (so a refusal names the user's query, not the page around it), then run as a page.
+    ``cached``: through the result cache (stored queries; not ad-hoc SQL, which may call
+    ``random()``)."""
+    p = dict(params or {})
+    versions = store.versions()
+
+    def compute() -> pa.Table:
+        engine = session(store).engine(versions=versions, timeout_s=timeout_s)
+        engine.guard(check_body(sql), params=p)
+        return engine.execute(paged_query(sql, limit, offset), params=p)
+
+    if not cached:
+        return compute()
+    key = ("page", sql, _frozen(p), limit, offset, _frozen(versions))
+    return cache.cache_for(store).get(key, compute)
 
 
 def rows(store: Store, sql: str, params: Mapping[str, str] | None = None) -> Result:
@@ -82,9 +109,17 @@ def rows(store: Store, sql: str, params: Mapping[str, str] | None = None) -> Res
 
 def stored(store: Store, name: str, params: Mapping[str, str] | None = None) -> Result:
     """Rows of a stored query; a message when it does not exist or its analysis has not run."""
-    if name not in session(store).stored_queries():
+    if name not in stored_queries(store):
         return Result(missing=f"no stored query `{name}` in this failstore")
     return rows(store, f'SELECT * FROM "{name}"', params)
+
+
+def stored_queries(store: Store) -> dict[str, Any]:
+    """The store's stored queries by name, read again only when ``saved_queries`` changes."""
+    version = store.versions(["saved_queries"]).get("saved_queries")
+    return cache.cache_for(store).get(  # type: ignore[no-any-return]
+        ("stored_queries", version), lambda: session(store).stored_queries()
+    )
 
 
 def check_id(image_id: str) -> str:

@@ -12,13 +12,14 @@ import io
 import mimetypes
 import os
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from failstore.errors import StoreError
-from failstore.serve.data import check_id
-from failstore.store import Store, equals
+from failstore.serve.data import ID_RE, check_id
+from failstore.store import Store, equals, literal
 
 THUMB_SIZES = (64, 128, 256, 512)
 DEFAULT_THUMB = 128
@@ -32,18 +33,66 @@ class ImageRef:
     boxes: list[dict[str, Any]]
 
 
+REF_CACHE = 100_000  # image refs kept per store object (a gallery's thumbnails hit them)
+_REFS_ATTR = "_failstore_serve_refs"
+_REFS_LOCK = threading.Lock()
+
+
+def _refs(store: Store) -> OrderedDict[tuple[int, str], ImageRef | None]:
+    with _REFS_LOCK:
+        found = getattr(store, _REFS_ATTR, None)
+        if found is None:
+            found = OrderedDict()
+            setattr(store, _REFS_ATTR, found)
+        return found
+
+
+def _read_refs(store: Store, ids: list[str]) -> dict[str, ImageRef]:
+    cols = ["image_id", "uri", "boxes"] if "boxes" in store.schema("images").names else [
+        "image_id", "uri"]  # fmt: skip
+    where = equals("image_id", ids[0]) if len(ids) == 1 else (
+        "image_id IN (" + ", ".join(literal(i) for i in ids) + ")")  # fmt: skip
+    return {
+        r["image_id"]: ImageRef(r["image_id"], Path(r["uri"]), list(r.get("boxes") or []))
+        for r in store.read("images", cols, filter=where).to_pylist()
+    }
+
+
+def prefetch(store: Store, ids: list[str]) -> None:
+    """Read the refs of ``ids`` (a gallery page's) in one query, so their thumbnail requests
+    find them in memory."""
+    ids = [i for i in ids if ID_RE.match(i)]
+    if not ids or not store.has_table("images"):
+        return
+    version, refs = store.version("images"), _refs(store)
+    found = _read_refs(store, ids)
+    with _REFS_LOCK:
+        for i in ids:
+            refs[(version, i)] = found.get(i)
+        while len(refs) > REF_CACHE:
+            refs.popitem(last=False)
+
+
 def lookup(store: Store, image_id: str) -> ImageRef:
     """The file of a stored image; InputError for a malformed id, StoreError when the store
-    does not hold it or the file is gone."""
+    does not hold it or the file is gone. Refs are kept in memory per version of ``images``
+    (a re-ingest makes a new version), so a gallery's thumbnails cost no query each."""
     check_id(image_id)
-    cols = ["uri", "boxes"] if "boxes" in store.schema("images").names else ["uri"]
-    found = store.read("images", cols, filter=equals("image_id", image_id)).to_pylist()
-    if not found:
+    key, refs = (store.version("images"), image_id), _refs(store)
+    with _REFS_LOCK:
+        known = key in refs
+        ref = refs.get(key)
+    if not known:
+        ref = _read_refs(store, [image_id]).get(image_id)
+        with _REFS_LOCK:
+            refs[key] = ref
+            while len(refs) > REF_CACHE:
+                refs.popitem(last=False)
+    if ref is None:
         raise StoreError(f"no image {image_id} in the store")
-    path = Path(found[0]["uri"])
-    if not path.is_file():
-        raise StoreError(f"the file of image {image_id} is gone", hint=str(path.name))
-    return ImageRef(image_id, path, list(found[0].get("boxes") or []))
+    if not ref.path.is_file():
+        raise StoreError(f"the file of image {image_id} is gone", hint=str(ref.path.name))
+    return ref
 
 
 def media_type(path: Path) -> str:

@@ -11,7 +11,7 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
 from failstore.errors import FailstoreError, StoreError
-from failstore.serve import data, views
+from failstore.serve import data, images, views
 from failstore.serve.data import SliceKey
 from failstore.serve.render import render
 
@@ -111,8 +111,17 @@ def slice_page(request: Request) -> Response:
         return "/slice?" + urlencode({**key.params(), "page": n, "per_page": size})
 
     title = f"Slice {' + '.join(key.tags)}"
-    return page(*views.gallery(request.app.state.store, title, sql, params, key.model, key.cls,
-                               page_number(request), page_url, size))  # fmt: skip
+    view = views.gallery(request.app.state.store, title, sql, params, key.model, key.cls,
+                         page_number(request), page_url, size)  # fmt: skip
+    return gallery_page(view, request)
+
+
+def gallery_page(view: tuple[str, dict[str, Any]], request: Request) -> Response:
+    """A gallery, its images' refs read in one query for the thumbnail requests to come."""
+    ctx = view[1]
+    ids = [r["image_id"] for r in [*ctx.get("failing", []), *ctx.get("passing", [])]]
+    images.prefetch(request.app.state.store, ids)
+    return page(*view)
 
 
 def leaf_page(request: Request) -> Response:
@@ -125,8 +134,9 @@ def leaf_page(request: Request) -> Response:
         q = {"model": model, "class": cls, "leaf": leaf, "page": n, "per_page": size}
         return "/leaf?" + urlencode(q)
 
-    return page(*views.gallery(request.app.state.store, f"Barlow leaf {leaf}", sql, params,
-                               model, cls, page_number(request), page_url, size))  # fmt: skip
+    view = views.gallery(request.app.state.store, f"Barlow leaf {leaf}", sql, params, model,
+                         cls, page_number(request), page_url, size)  # fmt: skip
+    return gallery_page(view, request)
 
 
 def image_page(request: Request) -> Response:
