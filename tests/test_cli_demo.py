@@ -78,6 +78,7 @@ def canned(store: Path = Path("/stores/demo")) -> DemoResult:
         seconds={"total": 1.0},
         barlow=[DOGS_BARLOW, BIRDS_BARLOW],
         ces=[CesFinding("dogs on snow", 12, 0.9166, 1.0, 2, 0.25)],
+        report=Path("/stores/demo-report/index.html"),
     )
 
 
@@ -97,6 +98,8 @@ TEXT_LINES = [
     f'  failstore --store /stores/demo sql "{DOG_SQL}"',
     '  failstore --store /stores/demo sql "SELECT 1"',
     "next: failstore --store /stores/demo slices --split val --eval-split test",
+    "browse: failstore --store /stores/demo serve",
+    "report: file:///stores/demo-report/index.html",
 ]
 HEADER = ["planted mode", "slice found", "rank", "error rate", "class error rate", "holds on test"]
 TABLE_ROWS = [
@@ -184,6 +187,7 @@ def test_demo_command_prints_the_report(
     assert kwargs["store_path"] == tmp_path / "s"
     assert (kwargs["world"], kwargs["quick"], kwargs["workers"]) == (world, True, 0)
     assert kwargs["progress"] is False  # stderr is not a terminal here
+    assert kwargs["report_dir"] == ""  # the default: STORE-report beside the store
 
 
 def test_demo_command_json(
@@ -200,6 +204,17 @@ def test_demo_command_json(
     (kwargs,) = fake_run_demo
     assert (kwargs["store_path"], kwargs["world"], kwargs["quick"]) == (None, None, False)
     assert kwargs["workers"] is None
+    assert data["report"] == "/stores/demo-report/index.html"
+
+
+@pytest.mark.parametrize(
+    ("args", "report_dir"),
+    [(["--report", "out/rep"], Path("out/rep")), (["--no-report"], None), ([], "")],
+)
+def test_demo_report_options(fake_run_demo: list[dict[str, Any]], args, report_dir) -> None:
+    assert call("demo", "--format", "json", *args) == 0
+    (kwargs,) = fake_run_demo
+    assert kwargs["report_dir"] == report_dir
 
 
 # ----------------------------------------------------------------------------- init

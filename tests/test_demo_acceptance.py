@@ -36,7 +36,8 @@ def demo(tmp_path_factory):
     os.environ["FAILSTORE_CACHE"] = str(cache)
     try:
         store = tmp_path_factory.mktemp("demo") / "store"
-        result = run_demo(store, quick=True, log=lambda m: None, workers=1)
+        # no static report here (a minute); test_demo_custom_world checks the demo writes one
+        result = run_demo(store, quick=True, log=lambda m: None, workers=1, report_dir=None)
     finally:
         if old is None:
             os.environ.pop("FAILSTORE_CACHE", None)
@@ -288,3 +289,80 @@ def test_sanity_expectations(demo, test, method):
     the ones that do not hold, so that a change shows)."""
     (f,) = [f for f in demo.sanity if f.test == test and f.method == method]
     assert f.holds, f.row()
+
+
+# ------------------------------------------------------------ pages over the analysed store
+
+
+def _page_html(template: str, ctx: dict) -> str:
+    from failstore.serve.pages import LINKS
+    from failstore.serve.render import render
+
+    return render(template, {**ctx, "links": LINKS})
+
+
+def test_the_class_page_shows_every_analysis_as_its_stored_query_says(demo):
+    """On the demo store every analysis ran: the class page of a planted class holds exactly
+    the class's rows of `slices`, `barlow_leaves`, `ces` and `coverage_cases`, and the HTML
+    shows them (no "run `failstore ...`" hint)."""
+    from failstore.serve import views
+
+    store = Store(demo.store)
+    cls = PLANTED["small dogs on snow"].classes[0]
+    template, ctx = views.class_page(store, "target", cls)
+    p = {"model": "target"}
+    oracle = {
+        "slices": [r for r in run_sql(store, "SELECT * FROM slices", params=p).to_pylist()
+                   if r["class"] == cls],
+        "leaves": [r for r in run_sql(store, "SELECT * FROM barlow_leaves", params=p).to_pylist()
+                   if r["class"] == cls],
+        "ces": [r for r in run_sql(store, "SELECT * FROM ces", params=p).to_pylist()
+                if r["label"] == cls],
+        "coverage": [r for r in run_sql(store, "SELECT * FROM coverage_cases", params=p)
+                     .to_pylist() if r["label"] == cls],
+    }  # fmt: skip
+    html = _page_html(template, ctx)
+    for part, rows in oracle.items():
+        assert ctx[part].ok and rows, part
+        assert ctx[part].rows == rows, part
+    assert "run `failstore" not in html
+    for r in oracle["ces"][:5]:
+        assert f"<td>{r['concept']}</td>" in html
+    for case in {r["case"] for r in oracle["coverage"]}:
+        assert f"<td>{case}</td>" in html
+    modes = run_sql(
+        store, "SELECT * FROM failure_modes", params={"model": "target", "class": cls}
+    ).to_pylist()
+    assert ctx["modes"].rows == modes and modes
+
+
+def test_the_image_page_shows_coverage_cases_with_the_sanity_verdict_and_concepts(demo):
+    from failstore.serve import views
+
+    store = Store(demo.store)
+    (row,) = run_sql(
+        store,
+        "SELECT c.image_id FROM coverage AS c JOIN ces_images AS e USING (image_id) "
+        "WHERE c.sanity IS NOT NULL ORDER BY c.image_id LIMIT 1",
+    ).to_pylist()
+    image_id = row["image_id"]
+    template, ctx = views.image_page(store, image_id)
+    want = run_sql(
+        store,
+        'SELECT model, method, "explain", "case", sanity FROM coverage WHERE image_id = $i',
+        params={"i": image_id},
+    ).to_pylist()
+    got = [{k: r[k] for k in ("model", "method", "explain", "case", "sanity")}
+           for r in ctx["coverage"].rows]  # fmt: skip
+    key = lambda r: (r["model"], r["method"], r["explain"])  # noqa: E731
+    assert sorted(got, key=key) == sorted(want, key=key) and want
+    assert ctx["ces"].rows and {r["image_id"] for r in ctx["ces"].rows} == {image_id}
+    assert {(r["model"], r["method"]) for r in ctx["saliency"]} >= {
+        (r["model"], r["method"]) for r in want
+    }
+    html = _page_html(template, ctx)
+    judged = [r for r in want if r["sanity"] is not None]  # methods the sanity run tested
+    assert judged
+    for r in judged:
+        assert f"<td>{r['sanity']}</td>" in html and f"<td>{r['case']}</td>" in html
+

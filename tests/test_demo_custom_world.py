@@ -63,6 +63,14 @@ def test_custom_world_runs_end_to_end(tmp_path, monkeypatch):
         r["role"] for r in store.read("models", ["role"]).to_pylist()
     }
     check_demo_tables(store, result.metrics)
+    # the static report, beside the store: every class of the world has its page
+    assert result.report == (tmp_path / "store-report" / "index.html").resolve()
+    index = result.report.read_text()
+    classes = {r["label"] for r in store.read("images", ["label"]).to_pylist()}
+    for cls in classes:
+        assert f"<td>{cls}</td>" in index, cls
+        (page,) = result.report.parent.glob(f"class-target_{cls}-*.html")
+        assert f'href="{page.name}"' in index
 
 
 def numeric_metrics(metrics: dict) -> dict[tuple[str, str], float]:

@@ -85,6 +85,9 @@ def print_report(result: Any) -> None:
     con.print(
         f"next: failstore --store {store} slices --split val --eval-split test", soft_wrap=True
     )
+    con.print(f"browse: failstore --store {store} serve", soft_wrap=True)
+    if result.report is not None:
+        con.print(f"report: {result.report.as_uri()}", soft_wrap=True)
 
 
 def _barlow_table(con: Any, findings: list[Any]) -> None:
@@ -174,6 +177,14 @@ def demo(
     ] = False,
     fmt: Annotated[Format, typer.Option("--format", "-f", help="table or json.")] = Format.table,
     workers: Annotated[int | None, typer.Option(help="Decode worker processes.")] = None,
+    report: Annotated[
+        Path | None,
+        typer.Option(
+            help="Where to write the static report of the store (failstore report); default: "
+            "STORE-report beside the store."
+        ),
+    ] = None,
+    no_report: Annotated[bool, typer.Option("--no-report", help="Write no report.")] = False,
 ) -> None:
     """Build a world with planted failures, train its models, ingest it, report the findings.
 
@@ -197,6 +208,7 @@ def demo(
         log=log,
         progress=not quiet and sys.stderr.isatty(),
         workers=workers,
+        report_dir=None if no_report else (report or ""),
     )
     if fmt is Format.table:
         print_report(result)

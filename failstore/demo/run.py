@@ -45,6 +45,7 @@ class DemoResult:
     coverage_checks: list[Any] = field(default_factory=list)
     sanity: list[Any] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
+    report: Path | None = None  # index.html of the static report (failstore report)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -63,6 +64,7 @@ class DemoResult:
             "coverage_checks": [c.row() for c in self.coverage_checks],
             "sanity": [f.row() for f in self.sanity],
             "seconds": self.seconds,
+            "report": None if self.report is None else str(self.report),
         }
 
 
@@ -95,8 +97,11 @@ def run_demo(
     progress: bool = False,
     workers: int | None = None,
     configs: dict[str, Any] | None = None,
+    report_dir: str | Path | None = "",
 ) -> DemoResult:
-    """Run the demo; ``configs`` overrides the trainers' configs (keys target, robust, clip)."""
+    """Run the demo; ``configs`` overrides the trainers' configs (keys target, robust, clip).
+    ``report_dir``: where to write the static report of the store (``failstore report``);
+    "" (default): ``<store>-report`` beside the store; None: no report."""
     from failstore.demo.models import train_all
     from failstore.demo.spec import load_spec, planted_slices, spec_hash
     from failstore.demo.world import default_spec, generate, quick_spec
@@ -169,6 +174,16 @@ def run_demo(
     sanity = _sanity_findings(store, planted, log)
     seconds["sanity"] = time.perf_counter() - t5
     seconds["analyses"] = time.perf_counter() - t3
+    index = None
+    if report_dir is not None:
+        from failstore.serve.report import write_report
+
+        t6 = time.perf_counter()
+        out = Path(report_dir) if report_dir else default_report_dir(store_path)
+        written = write_report(store, out)
+        index = out.resolve() / "index.html"
+        log(f"report: {written.pages} pages and {written.images} images in {out}")
+        seconds["report"] = time.perf_counter() - t6
     seconds["total"] = time.perf_counter() - t0
     return DemoResult(
         store=store.path,
@@ -186,7 +201,13 @@ def run_demo(
         coverage=coverage,
         coverage_checks=coverage_checks,
         sanity=sanity,
+        report=index,
     )
+
+
+def default_report_dir(store_path: Path) -> Path:
+    """``failstore-demo`` -> ``failstore-demo-report`` (beside the store, not in it)."""
+    return store_path.parent / f"{store_path.name}-report"
 
 
 def _write_demo_tables(store: Store, metrics: dict[str, Any], log: Log) -> float:

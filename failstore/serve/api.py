@@ -111,7 +111,7 @@ def encoded(table: pa.Table, fmt: str, limit: int, offset: int) -> bytes:
     table = table.slice(0, limit)
     if fmt == "csv":
         return to_csv(table).encode("utf-8")
-    return JSONResponse(
+    body = JSONResponse(
         {
             "columns": table.column_names,
             "types": [sql_type(f.type) for f in table.schema],
@@ -121,6 +121,7 @@ def encoded(table: pa.Table, fmt: str, limit: int, offset: int) -> bytes:
             "next": offset + limit if more else None,
         }
     ).body
+    return bytes(body)
 
 
 def to_csv(table: pa.Table) -> str:
