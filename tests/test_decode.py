@@ -206,7 +206,7 @@ def test_geometry_matches_torchvision(
 # crop offset where torchvision rounds half to even (and pads accordingly). So:
 # - where the resized sizes agree (the usual case), the pipeline's crop is exactly the oracle's
 #   resampled image cut at torchvision's offsets, and equals the oracle's own crop whenever the
-#   offsets agree too (also after normalisation: to_batch vs the pipeline's _normalise);
+#   offsets agree too (also after normalisation: to_batch vs the pipeline's normalise);
 # - where the oracle's rounding gives one more pixel on the long side, the two resample at
 #   different scales and their pixels legitimately differ; the test checks that this is the only
 #   difference (the short side and every other case agree exactly).
@@ -224,7 +224,7 @@ def test_decode_matches_the_preprocess_oracle(tmp_path: Path, interpolation: str
     import torch
     from preprocess_oracle import geometry, to_batch
 
-    from failstore.ingest.pipeline import _normalise
+    from failstore.models.pixels import normalise
 
     cases = 0
     for w, h in ORACLE_SIZES:
@@ -236,7 +236,7 @@ def test_decode_matches_the_preprocess_oracle(tmp_path: Path, interpolation: str
             case = (w, h, pre.resize, pre.crop)
             assert got.dtype == np.uint8 and got.shape == (pre.crop, pre.crop, 3), case
             np.testing.assert_array_equal(got, geometry(im, pre), err_msg=str(case))
-            assert torch.equal(_normalise([got], pre, "cpu"), to_batch([im], pre)), case
+            assert torch.equal(normalise(got[None], pre, "cpu"), to_batch([im], pre)), case
             cases += 1
     assert cases == len(ORACLE_SIZES) * len(ORACLE_GEOMETRY) == 84
 

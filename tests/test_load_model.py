@@ -38,15 +38,15 @@ def run_ingest(store: Path, images: Path, **models) -> None:
 def batch_for(uris: list[str], pre):
     """The pipeline's own decode + normalisation of the given files."""
     from failstore.ingest.decode import decode_one
-    from failstore.ingest.pipeline import _normalise
     from failstore.ingest.sources import SourceItem
+    from failstore.models.pixels import normalise
 
     arrays = []
     for uri in uris:
         dec = decode_one(SourceItem(uri, None, None, None, None), [pre])
         assert dec.error is None
         arrays.append(dec.arrays[pre.key()])
-    return _normalise(arrays, pre, "cpu")
+    return normalise(np.stack(arrays), pre, "cpu")
 
 
 def uris_by_id(store: Store) -> dict[str, str]:

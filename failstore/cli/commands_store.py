@@ -132,6 +132,28 @@ def ingest(
             "$FAILSTORE_PROGRESS_SECONDS seconds (default 5)."
         ),
     ] = True,
+    commit_every: Annotated[
+        int, typer.Option(min=1, help="Images per commit (a killed run loses at most these).")
+    ] = config.DEFAULT_COMMIT_EVERY,
+    engine: Annotated[
+        str,
+        typer.Option(
+            help="local: this machine; ray: decode and run the models on a Ray cluster "
+            "(docs/scaling.md)."
+        ),
+    ] = "local",
+    address: Annotated[
+        str | None,
+        typer.Option(
+            help="--engine ray: the cluster (auto, ray://HEAD:10001); default: a local one."
+        ),
+    ] = None,
+    ray_actors: Annotated[int, typer.Option(help="--engine ray: actors per model.")] = 1,
+    ray_gpus: Annotated[float, typer.Option(help="--engine ray: GPUs per model actor.")] = 0.0,
+    ray_cpus: Annotated[float, typer.Option(help="--engine ray: CPUs per model actor.")] = 1.0,
+    ray_decode_cpus: Annotated[
+        float, typer.Option(help="--engine ray: CPUs per decode task.")
+    ] = 1.0,
 ) -> None:
     """Embed every image with the given models and upsert one row per image.
 
@@ -142,6 +164,7 @@ def ingest(
     """
     from failstore.ingest.pipeline import IngestOptions
     from failstore.ingest.pipeline import ingest as run
+    from failstore.ingest.ray_engine import RayOptions
 
     st = state(ctx)
     opts = IngestOptions(
@@ -164,6 +187,9 @@ def ingest(
         strict=strict,
         limit=limit,
         reread=reread,
+        commit_every=commit_every,
+        engine=engine,
+        ray=RayOptions(address, ray_actors, ray_gpus, ray_cpus, ray_decode_cpus),
     )
 
     def warn(msg: str) -> None:

@@ -51,6 +51,8 @@ class Decoded:
     stat_size: int | None = None  # the file as fstat saw it when read (None: mtime too recent)
     stat_mtime_ns: int | None = None
     skipped: bool = False  # not read: unchanged since the store recorded it (pipeline)
+    outputs: dict[str, dict[str, np.ndarray]] | None = None  # role -> output -> this image's row,
+    # when the engine ran the models already (Ray); else the pipeline runs them
 
 
 class BadImage(Exception):

@@ -7,6 +7,9 @@ from pathlib import Path
 
 from failstore import config
 from failstore.errors import ConfigError
+from failstore.ingest.ray_engine import RayOptions
+
+ENGINES = ("local", "ray")
 
 
 @dataclass
@@ -31,6 +34,8 @@ class IngestOptions:
     limit: int | None = None
     commit_every: int = config.DEFAULT_COMMIT_EVERY
     reread: bool = False  # read every file, even those unchanged since their ingest
+    engine: str = "local"  # "ray": decode and run the models on Ray (ray_engine)
+    ray: RayOptions = field(default_factory=RayOptions)
 
 
 # option -> the model option it only applies to
@@ -47,6 +52,10 @@ def check_options(opts: IngestOptions) -> None:
     """Refuse option values that cannot do what they say, before anything is read or written."""
     if opts.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {opts.batch_size}")
+    if opts.engine not in ENGINES:
+        raise ConfigError(f"--engine must be one of {', '.join(ENGINES)}, got {opts.engine!r}")
+    if opts.engine == "ray":
+        opts.ray.check()
     if opts.limit is not None and opts.limit < 1:
         raise ConfigError(
             f"--limit must be >= 1, got {opts.limit}", hint="leave it out to ingest every image"

@@ -15,6 +15,7 @@ Order of work, so that a broken input never writes anything and a killed run res
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -29,18 +30,13 @@ from failstore.errors import IngestError
 from failstore.ingest import preflight, rows, skip
 from failstore.ingest.buffer import Buffer, Known
 from failstore.ingest.decode import Decoded
+from failstore.ingest.encode import encode_crops
 from failstore.ingest.labels import load_label_map, map_labels, unknown_labels
 from failstore.ingest.options import IngestOptions, check_options
 from failstore.ingest.progress import Progress, open_progress, progress_seconds, say
 from failstore.ingest.report import IngestReport
 from failstore.models.protocol import ModelAdapter, Preprocess
 from failstore.store import Store, utcnow
-
-
-def _normalise(arrays: list[np.ndarray], pre: Preprocess, device: str) -> Any:
-    from failstore.models.pixels import normalise
-
-    return normalise(np.stack(arrays), pre, device)
 
 
 def ingest(
@@ -84,6 +80,10 @@ def ingest(
         if report.unknown_labels:
             warn(preflight.unknown_labels_message(target.name, report.unknown_labels))
 
+    if opts.engine == "ray":  # reach the cluster before anything is written
+        from failstore.ingest import ray_engine
+
+        ray_engine.start(opts.ray.address)
     store = Store.init(store_path)
     preflight.check_store_models(store, records)
     clip, robust = adapters.get("clip"), adapters.get("robust")
@@ -126,6 +126,7 @@ def ingest(
         opts.device,
         buf,
         report,
+        opts.batch_size,
     )
     bar: Progress | None = None
     if progress:
@@ -175,13 +176,12 @@ def _loop(
     bar: Progress | None,
 ) -> None:
     """Decode, batch, encode and commit every ``commit_every`` rows."""
-    from failstore.ingest.decode_pool import DecodePool
 
     report, buf = run.report, run.buf
     seen: dict[str, tuple[str, str | None]] = {}  # image_id -> (first uri, its label)
-    with DecodePool(list(prepro.values()), workers=opts.workers) as pool:
+    with _engine(items, todo, prepro, opts, run, store) as decoded:
         batch: list[Any] = []
-        for dec in _decoded(items, todo.skip, pool):
+        for dec in decoded:
             report.seen += 1
             if dec.skipped:
                 report.skipped += 1
@@ -215,6 +215,35 @@ def _loop(
         if batch:
             _run_batch(batch, run)
         buf.flush(store, image_schema, run.known)
+
+
+@contextlib.contextmanager
+def _engine(
+    items: list[Any],
+    todo: skip.Plan,
+    prepro: dict[Any, Preprocess],
+    opts: IngestOptions,
+    run: _Run,
+    store: Store,
+) -> Iterator[Iterator[Decoded]]:
+    """Every item decoded, in order: by local worker processes (the models then run in this
+    process), or on Ray (decoding and the models there; ``ray_engine``)."""
+    if opts.engine == "ray":
+        from failstore.ingest import ray_engine
+
+        jobs = [ray_engine.ModelJob(role, a.name, a.preprocess) for role, a in run.adapters.items()]
+        have = {"clip": run.known.with_clip, "robust": run.known.with_robust,
+                "target": run.known.predicted}  # fmt: skip
+        with ray_engine.decoded_stream(
+            items, todo.skip, list(prepro.values()), jobs, have, store_path=store.path,
+            batch_size=opts.batch_size, device=opts.device, ray_opts=opts.ray,
+        ) as decoded:  # fmt: skip
+            yield decoded
+        return
+    from failstore.ingest.decode_pool import DecodePool
+
+    with DecodePool(list(prepro.values()), workers=opts.workers) as pool:
+        yield _decoded(items, todo.skip, pool)
 
 
 def _decoded(items: list[Any], skipped: dict[int, str], pool: Any) -> Iterator[Decoded]:
@@ -260,6 +289,7 @@ class _Run:
     device: str
     buf: Buffer
     report: IngestReport
+    batch_size: int
 
 
 def _run_batch(batch: list[Any], run: _Run) -> None:
@@ -276,9 +306,7 @@ def _run_batch(batch: list[Any], run: _Run) -> None:
     outputs: dict[str, dict[str, np.ndarray]] = {}
     for role, decs in need.items():
         if decs:
-            a = adapters[role]
-            x = _normalise([d.arrays[a.preprocess.key()] for d in decs], a.preprocess, run.device)
-            outputs[role] = a.encode(x)
+            outputs[role] = _outputs(role, decs, run)
     now = utcnow()
     if new:
         base = rows.image_base_table(new, run.metadata_schema, now)
@@ -320,6 +348,17 @@ def _run_batch(batch: list[Any], run: _Run) -> None:
         report.predictions += len(decs)
     touched = new_ids | updated | {d.image_id for d in need.get("target", [])}
     report.unchanged += len(batch) - len(touched)
+
+
+def _outputs(role: str, decs: list[Any], run: _Run) -> dict[str, np.ndarray]:
+    """The model's outputs for ``decs``: computed by the engine already (Ray: in its model
+    actors, ``Decoded.outputs``), else here."""
+    if all(d.outputs is not None and role in d.outputs for d in decs):
+        names = decs[0].outputs[role].keys()
+        return {k: np.stack([d.outputs[role][k] for d in decs]) for k in names}
+    a = run.adapters[role]
+    crops = [d.arrays[a.preprocess.key()] for d in decs]
+    return encode_crops(a, crops, run.batch_size, run.device)
 
 
 def _subset(out: dict[str, np.ndarray], decs: list[Any], keep: list[Any]) -> dict[str, np.ndarray]:

@@ -333,7 +333,11 @@ class ClipAdapter:
             if self.text_embeddings is None:
                 scores = emb.new_zeros((emb.shape[0], 0))
             else:
-                scores = emb @ self.text_embeddings.T
+                # One row at a time: a GEMM's result for a row can depend on its position in
+                # the batch (edge kernels); row by row, an image's scores are the same bits in
+                # whatever batch an engine puts it (failstore.ingest.encode).
+                text = self.text_embeddings.T
+                scores = torch.cat([emb[i : i + 1] @ text for i in range(emb.shape[0])])
         return {
             "clip_embedding": emb.cpu().numpy().astype(np.float32),
             "tag_scores": scores.cpu().numpy().astype(np.float32),
