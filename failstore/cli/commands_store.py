@@ -154,6 +154,10 @@ def ingest(
     ray_decode_cpus: Annotated[
         float, typer.Option(help="--engine ray: CPUs per decode task.")
     ] = 1.0,
+    ray_threads: Annotated[
+        int | None,
+        typer.Option(help="--engine ray: torch threads per model actor (default: its CPUs)."),
+    ] = None,
 ) -> None:
     """Embed every image with the given models and upsert one row per image.
 
@@ -189,7 +193,7 @@ def ingest(
         reread=reread,
         commit_every=commit_every,
         engine=engine,
-        ray=RayOptions(address, ray_actors, ray_gpus, ray_cpus, ray_decode_cpus),
+        ray=RayOptions(address, ray_actors, ray_gpus, ray_cpus, ray_decode_cpus, ray_threads),
     )
 
     def warn(msg: str) -> None:

@@ -43,10 +43,16 @@ class RayOptions:
     gpus: float = 0.0
     cpus: float = 1.0
     decode_cpus: float = 1.0
+    threads: int | None = None  # torch threads per model actor; default: its CPUs, at least 1
+
+    def torch_threads(self) -> int:
+        return self.threads if self.threads else max(1, math.ceil(self.cpus))
 
     def check(self) -> None:
         if self.actors < 1:
             raise ConfigError(f"--ray-actors must be >= 1, got {self.actors}")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"--ray-threads must be >= 1, got {self.threads}")
         if self.gpus < 0 or self.cpus <= 0 or self.decode_cpus <= 0:
             raise ConfigError(
                 "--ray-gpus must be >= 0 and --ray-cpus, --ray-decode-cpus > 0, got "
@@ -241,7 +247,7 @@ def decoded_stream(
                     "column": f"px{keys.index(job.preprocess.key())}",
                     "batch_size": batch_size,
                     "device": device,
-                    "threads": int(ray_opts.cpus),
+                    "threads": ray_opts.torch_threads(),
                     "have": ray.put(frozenset(have.get(job.role, ()))),
                 },
                 batch_size=batch_size,
