@@ -26,6 +26,7 @@ from failstore.store import Store
 ROOT = Path(__file__).resolve().parents[1]
 # 2 CPUs: three model actors and the decode tasks share them (fractions are Ray's bookkeeping)
 SMALL = RayOptions(actors=1, cpus=0.5, decode_cpus=0.25)
+MANY = RayOptions(actors=2, cpus=0.25, decode_cpus=0.25)  # six model actors on two cores
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +101,8 @@ def same_rows(a: Store, b: Store) -> None:
 
 def test_ray_ingest_writes_the_local_engines_rows_bit_for_bit(cluster, models, folder, tmp_path):
     local = ingest(tmp_path / "local", opts(folder, models))
-    remote = ingest(tmp_path / "ray", opts(folder, models, engine="ray", ray=SMALL))
+    # two actors per model: blocks finish out of order, the driver still sees input order
+    remote = ingest(tmp_path / "ray", opts(folder, models, engine="ray", ray=MANY))
     assert remote.summary().split(" in ")[0] == local.summary().split(" in ")[0]
     assert (remote.new_images, remote.errors, remote.label_conflicts) == (45, 1, 1)
     a, b = Store(tmp_path / "local"), Store(tmp_path / "ray")
@@ -169,9 +171,11 @@ def test_a_killed_ray_ingest_resumes_without_duplicates(cluster, models, tmp_pat
 
 def test_a_ray_writer_beside_a_local_writer_lands_every_key_once(cluster, models, tmp_path):
     a = write_colour_folder(tmp_path / "a", 12, (30, 30), seed=7)
+    more = write_colour_folder(tmp_path / "more", 20, (30, 30), seed=8)
     b = tmp_path / "b"
     shutil.copytree(a, b)
-    write_colour_folder(b, 20, (30, 30), seed=8)  # b: a's images and 60 more
+    for f in more.rglob("*.png"):  # b: a's 36 images and 60 more
+        shutil.copy(f, b / f.parent.name / f"more-{f.name}")
     store = tmp_path / "s"
     ps = [_cli(store, a, models, *_ray_args(cluster)), _cli(store, b, models)]
     for p in ps:
