@@ -63,6 +63,10 @@ class IngestError(FailstoreError):
     """An ingest that cannot proceed (nothing ingested, or --strict and some images failed)."""
 
 
+class ClusterError(FailstoreError):
+    """A Ray cluster that cannot be started or reached (``--engine ray``)."""
+
+
 class PublishError(FailstoreError):
     """PostgreSQL refused a connection or a publish (the previous published state is intact)."""
 

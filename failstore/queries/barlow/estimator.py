@@ -42,6 +42,7 @@ from failstore.queries.framework.frames import (
     tag_source,
 )
 from failstore.queries.framework.params import Param
+from failstore.queries.framework.per_class import ENGINE_PARAMS, map_classes
 from failstore.store import Store, equals, literal
 
 CONDITION = pa.struct([("feature", pa.int32()), ("op", pa.string()), ("threshold", pa.float64())])
@@ -122,8 +123,10 @@ class Barlow(Analysis):
             optional=True, many=True, csv=True,
         ),
         *BARLOW_PARAMS,
+        *ENGINE_PARAMS,
     )  # fmt: skip
     run_key = ("model", "by", "tags_from")
+    exec_params = ("engine", "address")  # where the trees are grown, not what they are
 
     def __init__(
         self,
@@ -137,6 +140,8 @@ class Barlow(Analysis):
         min_leaf: int = 1,
         delta: float = 0.1,
         tau: float = 0.2,
+        engine: str = "local",
+        address: str | None = None,
     ) -> None:
         self.classes = classes
         self.by = by
@@ -148,6 +153,8 @@ class Barlow(Analysis):
         self.min_leaf = min_leaf
         self.delta = delta
         self.tau = tau
+        self.engine = engine
+        self.address = address
 
     def _resolve(self, store: Store, params: dict[str, Any]) -> dict[str, Any]:
         params["model"] = params["model"] or default_model(store)
@@ -167,27 +174,16 @@ class Barlow(Analysis):
         frame = load_frame(store, model, [], params["split"])
         keys = np.asarray(frame[by].to_numpy(zero_copy_only=False), dtype=object)
         wanted = set(params["classes"] or ())
-        leaves: list[pa.Table] = []
-        members: list[pa.Table] = []
-        for cls, idx in groups(keys):
-            if wanted and cls not in wanted:
-                continue
-            ids = frame["image_id"].take(pa.array(idx))
-            group = _read_group(store, ids, tags_cols, by, cls, params["split"])
-            group = _align(group, frame.take(pa.array(idx)))
-            features = robust_matrix(group["robust_features"])
-            failure = ~group["correct"].to_numpy(zero_copy_only=False).astype(bool)
-            result = explain_group(features, failure, bp)
-            described = _describe(store, group, params["tags_from"], tags_cols, failure, result)
-            head = {
-                "class": cls,
-                "grouping": by,
-                "model": model,
-                "robust_model": _one(group["robust_model"]),
-                "tag_source": source,
-            }
-            leaves.append(_leaf_rows(head, result, described))
-            members.append(_member_rows(head, group, failure, result))
+        # Ray tasks open the store by its path and read only their class's rows.
+        where: Store | str = store if self.engine == "local" else str(store.path)
+        jobs = [
+            (where, frame.take(pa.array(idx)), cls, params, tags_cols, source, bp)
+            for cls, idx in groups(keys)
+            if not wanted or cls in wanted
+        ]
+        done = map_classes(_class_rows, jobs, engine=self.engine, address=self.address)
+        leaves = [leaf for leaf, _ in done]
+        members = [member for _, member in done]
         return {
             self.result_table: _sorted(_concat(leaves, LEAVES_SCHEMA)),
             "barlow_tree_members": _concat(members, MEMBERS_SCHEMA),
@@ -229,6 +225,35 @@ def _describing_columns(store: Store, tags_from: Sequence[str] | None) -> list[s
     if not tags_from and "tags" not in store.schema("images").names:
         return []
     return tag_columns(store, tags_from)
+
+
+def _class_rows(
+    store: Store | str,
+    frame_rows: pa.Table,
+    cls: str,
+    params: dict[str, Any],
+    tags_cols: list[str],
+    source: str,
+    bp: Any,
+) -> tuple[pa.Table, pa.Table]:
+    """The leaves and members of one class's tree (a Ray task with ``engine="ray"``: then
+    ``store`` is the store's path)."""
+    store = store if isinstance(store, Store) else Store(store)
+    by = params["by"]
+    group = _read_group(store, frame_rows["image_id"], tags_cols, by, cls, params["split"])
+    group = _align(group, frame_rows)
+    features = robust_matrix(group["robust_features"])
+    failure = ~group["correct"].to_numpy(zero_copy_only=False).astype(bool)
+    result = explain_group(features, failure, bp)
+    described = _describe(store, group, params["tags_from"], tags_cols, failure, result)
+    head = {
+        "class": cls,
+        "grouping": by,
+        "model": params["model"],
+        "robust_model": _one(group["robust_model"]),
+        "tag_source": source,
+    }
+    return _leaf_rows(head, result, described), _member_rows(head, group, failure, result)
 
 
 def _read_group(

@@ -63,6 +63,9 @@ class Analysis:
     params: ClassVar[tuple[Param, ...]] = ()
     # Parameters that only filter what ``fit`` returns; they are not part of a run.
     view_params: ClassVar[tuple[str, ...]] = ()
+    # Parameters that say how to compute, not what (e.g. ``engine``): not part of a run either,
+    # so a run computed on Ray and one computed here are the same run.
+    exec_params: ClassVar[tuple[str, ...]] = ()
     # Values ``_resolve`` adds to the parameters (e.g. a digest of the input files): they are part
     # of the run's identity and its recorded params, and may be named in ``run_key``.
     derived_params: ClassVar[tuple[str, ...]] = ()
@@ -124,7 +127,7 @@ class Analysis:
     def resolved_params(self, store: Store) -> dict[str, Any]:
         """The run's parameters: checked, view-only ones removed, store defaults filled in."""
         checked = check_params(self.params, self.get_params())
-        for name in self.view_params:
+        for name in (*self.view_params, *self.exec_params):
             checked.pop(name)
         return self._resolve(store, checked)
 

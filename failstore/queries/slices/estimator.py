@@ -27,6 +27,7 @@ from failstore.queries.framework.frames import (
     tag_source,
 )
 from failstore.queries.framework.params import Param
+from failstore.queries.framework.per_class import ENGINE_PARAMS, map_classes
 from failstore.queries.slices.search import (
     SEARCH_PARAMS,
     SliceParams,
@@ -76,8 +77,10 @@ class Slices(Analysis):
             "(eval_size, eval_error_rate, eval_accuracy_drop, holds).",
             optional=True,
         ),
+        *ENGINE_PARAMS,
     )  # fmt: skip
     view_params = ("classes",)  # results cover all classes; `classes` filters what is returned
+    exec_params = ("engine", "address")  # where the classes are searched, not what is found
     run_key = ("model", "by", "tags_from")
 
     def __init__(
@@ -92,6 +95,8 @@ class Slices(Analysis):
         min_drop: float = 0.2,
         min_gain: float = 0.1,
         eval_split: str | None = None,
+        engine: str = "local",
+        address: str | None = None,
     ) -> None:
         self.classes = classes
         self.by = by
@@ -103,6 +108,8 @@ class Slices(Analysis):
         self.min_drop = min_drop
         self.min_gain = min_gain
         self.eval_split = eval_split
+        self.engine = engine
+        self.address = address
 
     def _resolve(self, store: Store, params: dict[str, Any]) -> dict[str, Any]:
         params["model"] = params["model"] or default_model(store)
@@ -145,15 +152,16 @@ class Slices(Analysis):
             ev_keys = np.asarray(ev[0][by].to_numpy(zero_copy_only=False), dtype=object)
             ev_groups = dict(groups(ev_keys))
             ev_correct = ev[0]["correct"].to_numpy(zero_copy_only=False).astype(bool)
-        parts: list[pa.Table] = []
+        jobs = []
         for cls, idx in groups(keys):
-            kwargs: dict[str, Any] = {}
+            ev_tags = ev_right = None
             if ev is not None:
                 eidx = ev_groups.get(cls, np.zeros(0, np.int64))
-                kwargs = {"eval_tags": ev[1].matrix[eidx], "eval_correct": ev_correct[eidx]}
-            t = find_slices(
-                tags.matrix[idx], correct[idx], tags.names, sp, class_name=cls, **kwargs
-            )
+                ev_tags, ev_right = ev[1].matrix[eidx], ev_correct[eidx]
+            jobs.append((tags.matrix[idx], correct[idx], tags.names, sp, cls, ev_tags, ev_right))
+        found = map_classes(_class_slices, jobs, engine=self.engine, address=self.address)
+        parts: list[pa.Table] = []
+        for (*_, cls, _e, _c), t in zip(jobs, found, strict=True):
             if t.num_rows:
                 n = t.num_rows
                 t = t.add_column(0, "tag_source", pa.array([source] * n, pa.string()))
@@ -173,6 +181,22 @@ class Slices(Analysis):
             ],
         )
         return out.take(order)
+
+
+def _class_slices(
+    tags: Any,
+    correct: np.ndarray,
+    names: Sequence[str],
+    sp: SliceParams,
+    cls: str,
+    eval_tags: Any | None,
+    eval_correct: np.ndarray | None,
+) -> pa.Table:
+    """The slices of one class (a Ray task with ``engine="ray"``)."""
+    kwargs: dict[str, Any] = {}
+    if eval_tags is not None:
+        kwargs = {"eval_tags": eval_tags, "eval_correct": eval_correct}
+    return find_slices(tags, correct, names, sp, class_name=cls, **kwargs)
 
 
 def _empty(with_eval: bool) -> pa.Table:
