@@ -49,6 +49,8 @@ def test_declaration_is_complete(cls):
     names = [p.name for p in cls.params]
     assert len(set(names)) == len(names)
     assert set(cls.view_params) <= set(names)
+    assert set(cls.exec_params) <= set(names)
+    assert not set(cls.exec_params) & (set(cls.run_key) | set(cls.view_params))
     assert set(cls.run_key) <= set(names) | set(cls.derived_params)
     sig = inspect.signature(cls.__init__)
     init = [p for p in sig.parameters.values() if p.name != "self"]
