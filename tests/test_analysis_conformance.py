@@ -23,6 +23,14 @@ from failstore.queries.sql.session import run_sql
 from failstore.queries.sql.stored import builtin_queries
 
 ANALYSES = registry.analyses()
+# The tests that fit run each analysis on a lighter configuration where its defaults cost
+# minutes (sanity: 100 images x 7 attribution methods x every layer, ~2 min per fit here);
+# the checks are about the framework's conventions, which hold for any parameters.
+LIGHT: dict[str, dict[str, object]] = {"sanity": {"images": 6, "methods": ["gradient", "grad_cam"]}}
+
+
+def _make(cls: type[Analysis], **params: object) -> Analysis:
+    return cls(**{**LIGHT.get(cls.name, {}), **params})
 
 
 def test_the_analyses_are_found():
@@ -108,18 +116,18 @@ def test_bad_parameters_give_library_errors(cls, planted):
 
 
 def test_fit_returns_self_reuses_and_keeps_every_run(cls, planted):
-    est = cls()
+    est = _make(cls)
     assert est.fit(planted) is est
     assert est.results_.schema == cls.result_schema
     stored = planted.schema(cls.result_table)
     assert stored.names == [*cls.result_schema.names, "run_id"]
-    again = cls().fit(planted)
+    again = _make(cls).fit(planted)
     assert again.reused_ and again.run_id_ == est.run_id_
     assert again.results_.equals(est.results_)
     rows = planted.count(cls.result_table)
     # a store change makes a new run, and the old run's rows stay
     planted.upsert("predictions", planted.read("predictions").slice(0, 1))
-    new = cls().fit(planted)
+    new = _make(cls).fit(planted)
     assert not new.reused_ and new.run_id_ != est.run_id_
     assert planted.count(cls.result_table, f"run_id = '{est.run_id_}'") == est.results_.num_rows
     assert planted.count(cls.result_table) == rows + new.results_.num_rows
@@ -129,7 +137,7 @@ def test_fit_returns_self_reuses_and_keeps_every_run(cls, planted):
 
 def test_stored_query_reads_the_latest_run(cls, planted):
     assert cls.query in builtin_queries(), f"ship failstore/queries/<pkg>/{cls.query}.sql"
-    latest = cls().fit(planted)
+    latest = _make(cls).fit(planted)
     got = run_sql(planted, f'SELECT DISTINCT run_id FROM "{cls.query}"')
     assert got.column("run_id").to_pylist() == [latest.run_id_]
     shown = run_sql(planted, f'SELECT * FROM "{cls.query}"')
@@ -159,7 +167,7 @@ def test_cli_options_are_the_declared_parameters(cls):
 
 
 def test_stored_rows_have_exactly_the_declared_types(cls, planted):
-    cls().fit(planted)
+    _make(cls).fit(planted)
     for table, schema in cls.tables().items():
         stored = planted.read(table)
         want = pa.schema([*schema, pa.field("run_id", pa.string())])
@@ -170,8 +178,8 @@ def test_dropping_a_run_drops_its_rows_in_every_table(cls, tmp_path):
     from failstore.queries.framework.runs import drop_runs
 
     store = build(tmp_path / "s", n=400, with_model=True)
-    est = cls().fit(store)
-    kept = cls(**{**est.get_params(), **_another_run(cls)}).fit(store)
+    est = _make(cls).fit(store)
+    kept = _make(cls, **{**est.get_params(), **_another_run(cls)}).fit(store)
     assert kept.run_id_ != est.run_id_
     before = {t: store.count(t, f"run_id = '{kept.run_id_}'") for t in cls.tables()}
     assert drop_runs(store, [est.run_id_]) == [est.run_id_]

@@ -76,6 +76,16 @@ def folder(tmp_path_factory) -> Path:
     root = write_colour_folder(tmp_path_factory.mktemp("ray_imgs") / "imgs", 15, (40, 34), seed=3)
     (root / "red" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"x" * 40)
     shutil.copy(root / "green" / "3.png", root / "blue" / "copy-of-green-3.png")
+    return settled(root)
+
+
+def settled(root: Path) -> Path:
+    """Files last modified an hour ago: an ingest records the size and mtime only of files
+    older than a few seconds (decode.RACY_SECONDS), which would make two ingests of fresh
+    files differ by when they ran, not by engine."""
+    old = time.time() - 3600
+    for f in root.rglob("*.png"):
+        os.utime(f, (old, old))
     return root
 
 
@@ -145,7 +155,7 @@ def _ray_args(address: str) -> list[str]:
 
 
 def test_a_killed_ray_ingest_resumes_without_duplicates(cluster, models, tmp_path):
-    folder = write_colour_folder(tmp_path / "imgs", 100, (40, 34), seed=4)  # 300 images
+    folder = settled(write_colour_folder(tmp_path / "imgs", 100, (40, 34), seed=4))  # 300
     store = tmp_path / "s"
     p = _cli(store, folder, models, "--commit-every", "8", *_ray_args(cluster))
     deadline = time.monotonic() + 240
