@@ -3,6 +3,7 @@ equal to scikit-learn's, leaf metrics against brute force, group statuses, leaf 
 
 from __future__ import annotations
 
+import zlib
 from fractions import Fraction
 
 import numpy as np
@@ -46,7 +47,10 @@ def sklearn_mi(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def _case(name: str) -> tuple[np.ndarray, np.ndarray, int]:
-    rng = np.random.default_rng(abs(hash(name)) % 2**32)
+    # zlib.crc32, not hash(): str hashes change with every process (PYTHONHASHSEED), and some
+    # draws of the "duplicates" case leave columns 5:9 with no information at all (MI 0 with
+    # or without the other columns' noise), which failed the test once in a full run
+    rng = np.random.default_rng(zlib.crc32(name.encode()))
     if name == "normal":
         return rng.normal(size=(300, 23)).astype(np.float32), rng.random(300) < 0.2, 5
     if name == "duplicates":  # few distinct values: ties everywhere before the noise
