@@ -23,6 +23,9 @@ from failstore.store import Store
 
 ATTRS = ["attr_background", "attr_color", "attr_size"]
 PLANTED = {p.name: p for p in planted_slices(default_spec(quick=True))}
+# One worker runs all of this module (`scripts/dev test` passes --dist loadgroup): the demo
+# fixture takes minutes, and every xdist worker would otherwise build its own.
+pytestmark = pytest.mark.xdist_group("demo")
 
 
 @pytest.fixture(scope="session")
