@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-import base64
 import csv
 import io
 import json
-import math
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from decimal import Decimal
 from enum import Enum
 from typing import Annotated, Any, TextIO
 
 import pyarrow as pa
 import typer
+
+from failstore.queries.sql.values import jsonable
 
 
 class Format(str, Enum):
@@ -72,24 +71,6 @@ def _is_vector(t: pa.DataType) -> bool:
     ) and (pa.types.is_floating(t.value_type) or pa.types.is_integer(t.value_type))
 
 
-def _jsonable(v: Any) -> Any:
-    if v is None or isinstance(v, (bool, int, str)):
-        return v
-    if isinstance(v, float):
-        return v if math.isfinite(v) else None
-    if isinstance(v, (datetime, date)):
-        return v.isoformat()
-    if isinstance(v, Decimal):
-        return float(v)
-    if isinstance(v, bytes):
-        return base64.b64encode(v).decode("ascii")
-    if isinstance(v, dict):
-        return {k: _jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    return str(v)
-
-
 def iter_rows(table: pa.Table, batch_rows: int = 4096) -> Iterator[dict[str, Any]]:
     for batch in table.to_batches(max_chunksize=batch_rows):
         yield from batch.to_pylist()
@@ -100,7 +81,7 @@ def write_json(table: pa.Table, out: TextIO) -> None:
     out.write("[")
     for i, row in enumerate(iter_rows(table)):
         out.write(", " if i else "")
-        out.write(json.dumps(_jsonable(row), ensure_ascii=False))
+        out.write(json.dumps(jsonable(row), ensure_ascii=False))
     out.write("]\n")
 
 
@@ -111,7 +92,7 @@ def write_csv(table: pa.Table, out: TextIO) -> None:
     for row in iter_rows(table):
         cells = []
         for v in row.values():
-            v = _jsonable(v)
+            v = jsonable(v)
             cells.append(json.dumps(v) if isinstance(v, (list, dict)) else ("" if v is None else v))
         w.writerow(cells)
 
@@ -150,7 +131,7 @@ def _cell(v: Any, t: pa.DataType, name: str = "") -> str:
     if isinstance(v, (datetime, date)):
         return _when(v)
     if isinstance(v, (list, dict)):
-        text = json.dumps(_jsonable(v), ensure_ascii=False)
+        text = json.dumps(jsonable(v), ensure_ascii=False)
     else:
         text = str(v)
     return text if len(text) <= MAX_CELL else text[: MAX_CELL - 1] + "…"

@@ -11,11 +11,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
-from base64 import b64encode
-from datetime import date, datetime
-from decimal import Decimal
-from typing import Any
 
 import pyarrow as pa
 from starlette.concurrency import run_in_threadpool
@@ -25,6 +20,7 @@ from starlette.routing import Route
 
 from failstore.errors import FailstoreError, InputError, StoreError
 from failstore.queries.sql.stored import sql_type
+from failstore.queries.sql.values import jsonable
 from failstore.serve import cache, data, images
 
 DEFAULT_LIMIT = 100
@@ -42,24 +38,6 @@ def error(message: str, status: int = 400) -> JSONResponse:
 def failstore_error(e: FailstoreError) -> JSONResponse:
     status = 404 if isinstance(e, StoreError) else 400
     return error(e.one_line(), status)
-
-
-def jsonable(v: Any) -> Any:
-    if v is None or isinstance(v, (bool, int, str)):
-        return v
-    if isinstance(v, float):
-        return v if math.isfinite(v) else None
-    if isinstance(v, (datetime, date)):
-        return v.isoformat()
-    if isinstance(v, Decimal):
-        return float(v)
-    if isinstance(v, bytes):
-        return b64encode(v).decode("ascii")
-    if isinstance(v, dict):
-        return {k: jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [jsonable(x) for x in v]
-    return str(v)
 
 
 def paging(request: Request) -> tuple[int, int]:
