@@ -105,27 +105,15 @@ class SqlEngine:
         self, sql: str, *, params: Mapping[str, str] | None = None, dialect: str | None = None
     ) -> pa.Table:
         query = self._guarded(sql, params, dialect)
-        con = self.connection or locked_connection()
-        registered: list[str] = []
-        try:
-            for name in sorted(query.tables):
-                if name not in self.datasets:
-                    raise SqlRefused(f"table {name!r} has no data in this store yet")
-                con.register(name, self.datasets[name]())
-                registered.append(name)
+        with self._connection_for(query) as con, self._time_limit(con) as timed_out:
             try:
-                statements = con.extract_statements(query.sql)
+                return self._collect(con.sql(query.sql).to_arrow_reader(RESULT_BATCH_ROWS))
             except duckdb.Error as e:
+                if timed_out.is_set() or isinstance(e, duckdb.InterruptException):
+                    raise timeout_error(
+                        self.timeout_s, "narrow it with WHERE or LIMIT, or raise the time limit"
+                    ) from e
                 raise query_failed(e) from e
-            if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
-                raise SqlRefused("the guarded query is not a single SELECT; refusing to run it")
-            return self._run(con, query.sql)
-        finally:
-            if self.connection is None:
-                con.close()
-            else:
-                for name in registered:
-                    con.unregister(name)
 
     def guarded(self, sql: str, *, params: Mapping[str, str] | None = None) -> GuardedQuery:
         """The guarded query: the DuckDB SQL ``execute`` would run and the store tables it
@@ -146,23 +134,7 @@ class SqlEngine:
         time limit covers the whole stream; the datasets stay registered until the block
         ends."""
         query = self._guarded(sql, params, None)
-        con = self.connection or locked_connection()
-        registered: list[str] = []
-        timed_out = threading.Event()
-
-        def interrupt() -> None:
-            timed_out.set()
-            con.interrupt()
-
-        timer = threading.Timer(self.timeout_s, interrupt)
-        timer.daemon = True
-        try:
-            for name in sorted(query.tables):
-                if name not in self.datasets:
-                    raise SqlRefused(f"table {name!r} has no data in this store yet")
-                con.register(name, self.datasets[name]())
-                registered.append(name)
-            timer.start()
+        with self._connection_for(query) as con, self._time_limit(con) as timed_out:
             try:
                 reader = con.sql(query.sql).to_arrow_reader(batch_rows)
             except duckdb.Error as e:
@@ -171,13 +143,49 @@ class SqlEngine:
                 yield ResultStream(reader, timed_out, self.timeout_s)
             finally:
                 reader.close()
+
+    @contextlib.contextmanager
+    def _connection_for(self, query: GuardedQuery) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A connection with the query's datasets registered, its SQL checked to be one
+        SELECT; the datasets unregistered (a connection of our own closed) afterwards."""
+        con = self.connection or locked_connection()
+        registered: list[str] = []
+        try:
+            for name in sorted(query.tables):
+                if name not in self.datasets:
+                    raise SqlRefused(f"table {name!r} has no data in this store yet")
+                con.register(name, self.datasets[name]())
+                registered.append(name)
+            try:
+                statements = con.extract_statements(query.sql)
+            except duckdb.Error as e:
+                raise query_failed(e) from e
+            if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
+                raise SqlRefused("the guarded query is not a single SELECT; refusing to run it")
+            yield con
         finally:
-            timer.cancel()
             if self.connection is None:
                 con.close()
             else:
                 for name in registered:
                     con.unregister(name)
+
+    @contextlib.contextmanager
+    def _time_limit(self, con: duckdb.DuckDBPyConnection) -> Iterator[threading.Event]:
+        """Interrupt ``con`` after ``timeout_s``; the event says the limit was reached."""
+        timed_out = threading.Event()
+
+        def interrupt() -> None:
+            timed_out.set()
+            con.interrupt()
+
+        timer = threading.Timer(self.timeout_s, interrupt)
+        timer.daemon = True
+        timer.start()
+        try:
+            yield timed_out
+        finally:
+            timer.cancel()
 
     def _guarded(
         self, sql: str, params: Mapping[str, str] | None, dialect: str | None
@@ -211,28 +219,6 @@ class SqlEngine:
             reader.close()
         return pa.Table.from_batches(batches, schema=reader.schema)
 
-    def _run(self, con: duckdb.DuckDBPyConnection, sql: str) -> pa.Table:
-        timed_out = threading.Event()
-
-        def interrupt() -> None:
-            timed_out.set()
-            con.interrupt()
-
-        timer = threading.Timer(self.timeout_s, interrupt)
-        timer.daemon = True
-        timer.start()
-        try:
-            return self._collect(con.sql(sql).to_arrow_reader(RESULT_BATCH_ROWS))
-        except duckdb.Error as e:
-            if timed_out.is_set() or isinstance(e, duckdb.InterruptException):
-                raise SqlTimeout(
-                    f"query ran longer than {self.timeout_s:g} s",
-                    hint="narrow it with WHERE or LIMIT, or raise the time limit",
-                ) from e
-            raise query_failed(e) from e
-        finally:
-            timer.cancel()
-
 
 class ResultStream:
     """A result stream whose DuckDB errors (a timeout included) surface as failstore's SQL
@@ -252,12 +238,14 @@ class ResultStream:
                 return
             except (duckdb.Error, pa.ArrowException) as e:
                 if self._timed_out.is_set() or isinstance(e, duckdb.InterruptException):
-                    raise SqlTimeout(
-                        f"query ran longer than {self._limit:g} s", hint="raise the time limit"
-                    ) from e
+                    raise timeout_error(self._limit, "raise the time limit") from e
                 raise query_failed(e) from e
             yield batch
 
     def reader(self) -> pa.RecordBatchReader:
         """The stream as a pyarrow reader (for consumers that take one, e.g. ADBC's ingest)."""
         return pa.RecordBatchReader.from_batches(self.schema, iter(self))
+
+
+def timeout_error(limit: float, hint: str) -> SqlTimeout:
+    return SqlTimeout(f"query ran longer than {limit:g} s", hint=hint)
