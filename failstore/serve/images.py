@@ -8,16 +8,17 @@ keyed by the image id, the size and the file's size and modification time.
 
 from __future__ import annotations
 
+import functools
 import io
 import mimetypes
 import os
 import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from failstore.errors import StoreError
+from failstore.serve.cache import cache_for
 from failstore.serve.data import ID_RE, check_id
 from failstore.store import Store, equals, literal
 
@@ -33,20 +34,6 @@ class ImageRef:
     boxes: list[dict[str, Any]]
 
 
-REF_CACHE = 100_000  # image refs kept per store object (a gallery's thumbnails hit them)
-_REFS_ATTR = "_failstore_serve_refs"
-_REFS_LOCK = threading.Lock()
-
-
-def _refs(store: Store) -> OrderedDict[tuple[int, str], ImageRef | None]:
-    with _REFS_LOCK:
-        found = getattr(store, _REFS_ATTR, None)
-        if found is None:
-            found = OrderedDict()
-            setattr(store, _REFS_ATTR, found)
-        return found
-
-
 def _read_refs(store: Store, ids: list[str]) -> dict[str, ImageRef]:
     cols = ["image_id", "uri", "boxes"] if "boxes" in store.schema("images").names else [
         "image_id", "uri"]  # fmt: skip
@@ -59,40 +46,31 @@ def _read_refs(store: Store, ids: list[str]) -> dict[str, ImageRef]:
 
 
 def prefetch(store: Store, ids: list[str]) -> None:
-    """Read the refs of ``ids`` (a gallery page's) in one query, so their thumbnail requests
-    find them in memory."""
+    """Read the refs of ``ids`` (a gallery page's) in one query into the result cache, so
+    their thumbnail requests find them there."""
     ids = [i for i in ids if ID_RE.match(i)]
     if not ids or not store.has_table("images"):
         return
-    version, refs = store.version("images"), _refs(store)
+    version, cache = store.version("images"), cache_for(store)
     found = _read_refs(store, ids)
-    with _REFS_LOCK:
-        for i in ids:
-            refs[(version, i)] = found.get(i)
-        while len(refs) > REF_CACHE:
-            refs.popitem(last=False)
+    for i in ids:
+        cache.get(("image_ref", version, i), functools.partial(found.get, i))
 
 
 def lookup(store: Store, image_id: str) -> ImageRef:
     """The file of a stored image; InputError for a malformed id, StoreError when the store
-    does not hold it or the file is gone. Refs are kept in memory per version of ``images``
-    (a re-ingest makes a new version), so a gallery's thumbnails cost no query each."""
+    does not hold it or the file is gone. Refs are kept in the result cache per version of
+    ``images`` (a re-ingest makes a new version), so a gallery's thumbnails cost no query each."""
     check_id(image_id)
-    key, refs = (store.version("images"), image_id), _refs(store)
-    with _REFS_LOCK:
-        known = key in refs
-        ref = refs.get(key)
-    if not known:
-        ref = _read_refs(store, [image_id]).get(image_id)
-        with _REFS_LOCK:
-            refs[key] = ref
-            while len(refs) > REF_CACHE:
-                refs.popitem(last=False)
+    ref = cache_for(store).get(
+        ("image_ref", store.version("images"), image_id),
+        lambda: _read_refs(store, [image_id]).get(image_id),
+    )
     if ref is None:
         raise StoreError(f"no image {image_id} in the store")
     if not ref.path.is_file():
         raise StoreError(f"the file of image {image_id} is gone", hint=str(ref.path.name))
-    return ref
+    return ref  # type: ignore[no-any-return]
 
 
 def media_type(path: Path) -> str:
