@@ -27,7 +27,6 @@ Timings are printed, never asserted.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -59,10 +58,8 @@ def write_folder(root: Path, n: int, size: int = 96) -> Path:
 def write_models(root: Path) -> dict[str, str]:
     """Target: EfficientNet-Lite0 (weights ship with its package); robust and CLIP: small, in
     the demo's formats (tests/test_ingest_ray.py)."""
-    import open_clip
     import torch
-    from safetensors.torch import save_file
-    from test_models_clip import MODEL_CFG, PRE_CFG, TAGS
+    from test_models_clip import TAGS, write_tiny_clip
 
     from failstore.demo.nets import PooledCNN, export_model
     from failstore.models import write_vocab
@@ -72,12 +69,7 @@ def write_models(root: Path) -> dict[str, str]:
     rkw = {"num_classes": 3, "widths": [16, 32, 64, 128]}
     export_model(PooledCNN(**rkw), root / "robust", "failstore.demo.nets:PooledCNN", rkw,
                  names, mean, std, {}, size=64)  # fmt: skip
-    clip = root / "tiny-clip"
-    clip.mkdir()
-    save_file(open_clip.CLIP(**MODEL_CFG).state_dict(), str(clip / "open_clip_model.safetensors"))
-    (clip / "open_clip_config.json").write_text(
-        json.dumps({"model_cfg": MODEL_CFG, "preprocess_cfg": PRE_CFG})
-    )
+    clip = write_tiny_clip(root / "tiny-clip")
     vocab = write_vocab(root / "tags.txt", TAGS, [0.1, None, -0.05], ["a photo of {}."],
                         [None, None, None])  # fmt: skip
     return {"target": "efficientnet_lite0", "robust": str(root / "robust"),

@@ -4,7 +4,6 @@ without duplicates, and a Ray writer beside a local writer lands every key once.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -42,10 +41,8 @@ def cluster(tmp_path_factory):
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> dict[str, str]:
     """The demo's formats, tiny: target and robust state-dict dirs, an open_clip dir, tags."""
-    import open_clip
     import torch
-    from safetensors.torch import save_file
-    from test_models_clip import MODEL_CFG, PRE_CFG, TAGS
+    from test_models_clip import TAGS, write_tiny_clip
 
     from failstore.demo.nets import BottleneckCNN, PooledCNN, export_model
     from failstore.models import write_vocab
@@ -59,11 +56,7 @@ def models(tmp_path_factory) -> dict[str, str]:
     rkw = {"num_classes": 3, "widths": [8, 8, 8, 12]}
     export_model(PooledCNN(**rkw), root / "robust", "failstore.demo.nets:PooledCNN", rkw,
                  names, mean, std, {}, size=32)  # fmt: skip
-    clip = root / "tiny-clip"
-    clip.mkdir()
-    save_file(open_clip.CLIP(**MODEL_CFG).state_dict(), str(clip / "open_clip_model.safetensors"))
-    cfg = {"model_cfg": MODEL_CFG, "preprocess_cfg": PRE_CFG}
-    (clip / "open_clip_config.json").write_text(json.dumps(cfg))
+    clip = write_tiny_clip(root / "tiny-clip")
     vocab = write_vocab(root / "tags.txt", TAGS, [0.1, None, -0.05], ["a photo of {}."],
                         [None, None, None])  # fmt: skip
     return {"target": str(root / "target"), "robust": str(root / "robust"),

@@ -98,9 +98,7 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def demo_store(images: Path, tmp_path_factory: pytest.TempPathFactory):
-    import open_clip
-    from safetensors.torch import save_file
-    from test_models_clip import MODEL_CFG, PRE_CFG, TAGS
+    from test_models_clip import TAGS, write_tiny_clip
 
     from failstore.demo.nets import BottleneckCNN, PooledCNN, export_model
 
@@ -113,11 +111,7 @@ def demo_store(images: Path, tmp_path_factory: pytest.TempPathFactory):
     rkw = {"num_classes": 3, "widths": [8, 8, 8, 12]}
     export_model(PooledCNN(**rkw), root / "robust", "failstore.demo.nets:PooledCNN", rkw,
                  names, mean, std, {}, size=32)  # fmt: skip
-    clip = root / "tiny-clip"  # the tiny open_clip dir of the CLIP adapter tests
-    clip.mkdir()
-    save_file(open_clip.CLIP(**MODEL_CFG).state_dict(), str(clip / "open_clip_model.safetensors"))
-    cfg = {"model_cfg": MODEL_CFG, "preprocess_cfg": PRE_CFG}
-    (clip / "open_clip_config.json").write_text(json.dumps(cfg))
+    clip = write_tiny_clip(root / "tiny-clip")
     vocab = write_vocab(root / "tags.txt", TAGS, [0.1, None, -0.05], ["a photo of {}."],
                         [None, ["a lawn", "grass"], None])  # fmt: skip
     store = root / "S"

@@ -30,18 +30,22 @@ PRE_CFG = {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "interpolation": 
 TAGS = ["snow", "grass", "night"]
 
 
-@pytest.fixture(scope="module")
-def clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def write_tiny_clip(d: Path) -> Path:
+    """An open_clip directory ``d`` (weights + config) of the tiny CLIP, randomly initialised
+    from torch's current seed; ``local-dir:d`` loads it."""
     from safetensors.torch import save_file
 
-    d = tmp_path_factory.mktemp("clip") / "tiny-clip"
-    d.mkdir()
-    torch.manual_seed(0)
-    model = open_clip.CLIP(**MODEL_CFG)
-    save_file(model.state_dict(), str(d / "open_clip_model.safetensors"))
+    d.mkdir(parents=True)
+    save_file(open_clip.CLIP(**MODEL_CFG).state_dict(), str(d / "open_clip_model.safetensors"))
     config = {"model_cfg": MODEL_CFG, "preprocess_cfg": PRE_CFG}
     (d / "open_clip_config.json").write_text(json.dumps(config))
     return d
+
+
+@pytest.fixture(scope="module")
+def clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    return write_tiny_clip(tmp_path_factory.mktemp("clip") / "tiny-clip")
 
 
 @pytest.fixture(scope="module")
