@@ -68,14 +68,16 @@ def run_page(
     if fmt not in ("json", "csv"):
         raise InputError(f"unknown format {fmt!r}", hint="json or csv")
 
+    versions = store.versions()
+
     def encode() -> bytes:
         timeout_s = getattr(request.app.state, "timeout_s", API_TIMEOUT_S)
-        table = data.page(store, sql, params, limit, offset, timeout_s=timeout_s)
+        table = data.page(store, sql, params, limit, offset, timeout_s, versions)
         return encoded(table, fmt, limit, offset)
 
-    if cached:
+    if cached:  # pinned at the versions of its key: a write meanwhile cannot slip in
         key = ("api", sql, tuple(sorted(params.items())), limit, offset, fmt,
-               tuple(sorted(store.versions().items())))  # fmt: skip
+               tuple(sorted(versions.items())))  # fmt: skip
         body = cache.cache_for(store).get(key, encode)
     else:
         body = encode()

@@ -77,24 +77,15 @@ def page(
     limit: int,
     offset: int = 0,
     timeout_s: float = PAGE_TIMEOUT_S,
-    cached: bool = False,
+    versions: Mapping[str, int] | None = None,
 ) -> pa.Table:
     """At most ``limit + 1`` rows of a query from ``offset``: the query is guarded on its own
-    first (so a refusal names the user's query, not the page around it), then run as a page.
-    ``cached``: through the result cache (stored queries; not ad-hoc SQL, which may call
-    ``random()``)."""
+    first (so a refusal names the user's query, not the page around it), then run as a page,
+    at ``versions`` of the tables when given (the API's cache key), else at their latest."""
     p = dict(params or {})
-    versions = store.versions()
-
-    def compute() -> pa.Table:
-        engine = session(store).engine(versions=versions, timeout_s=timeout_s)
-        engine.guard(check_body(sql), params=p)
-        return engine.execute(paged_query(sql, limit, offset), params=p)
-
-    if not cached:
-        return compute()
-    key = ("page", sql, _frozen(p), limit, offset, _frozen(versions))
-    return cache.cache_for(store).get(key, compute)
+    engine = session(store).engine(versions=versions, timeout_s=timeout_s)
+    engine.guard(check_body(sql), params=p)
+    return engine.execute(paged_query(sql, limit, offset), params=p)
 
 
 def rows(store: Store, sql: str, params: Mapping[str, str] | None = None) -> Result:
