@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
@@ -57,6 +58,28 @@ def literal(value: str) -> str:
 def equals(column: str, value: str) -> str:
     """The Lance filter ``column = 'value'``, quoted safely."""
     return f"{column} = {literal(value)}"
+
+
+U64_MAX = 2**64 - 1
+
+
+def manifest_version(table_dir: Path) -> int | None:
+    """The latest version of the Lance dataset at ``table_dir`` from its manifest names: Lance's
+    v2 naming stores version N as ``{2**64 - 1 - N:020d}.manifest`` (so that the latest sorts
+    first), v1 as ``{N}.manifest``; other files (temporary, ``_latest.manifest``) are ignored."""
+    try:
+        names = os.listdir(table_dir / "_versions")
+    except FileNotFoundError:
+        return None
+    best = None
+    for name in names:
+        stem = name[: -len(".manifest")] if name.endswith(".manifest") else ""
+        if not stem.isdigit():
+            continue
+        version = U64_MAX - int(stem) if len(stem) == 20 else int(stem)
+        if best is None or version > best:
+            best = version
+    return best
 
 
 def utcnow() -> datetime:
@@ -154,6 +177,13 @@ class Store:
                 hint=f"tables: {', '.join(self.table_names()) or '(none)'}",
             )
         return lance.dataset(str(self.path / f"{name}.lance"), version=version)
+
+    def manifest_version(self, name: str) -> int | None:
+        """The latest committed version of a table, read from the names of its manifests
+        (``_versions/``) without importing Lance; None when the table does not exist. Lance
+        commits a version by creating its manifest file atomically, so a listed manifest is a
+        committed version. Tested against ``dataset(name).version``."""
+        return manifest_version(self.path / f"{name}.lance")
 
     def schema(self, name: str) -> pa.Schema:
         return self.dataset(name).schema

@@ -94,8 +94,13 @@ def compact(
     """
     import pyarrow as pa
 
+    from failstore.cli.commands_store import refresh_read_cache
+
     age = parse_duration(older_than, "--older-than")
-    emit(pa.Table.from_pylist(state(ctx).open_store().compact(older_than=age)), fmt)
+    store = state(ctx).open_store()
+    done = store.compact(older_than=age)
+    refresh_read_cache(store)  # compaction made new versions of every table
+    emit(pa.Table.from_pylist(done), fmt)
 
 
 def register(app: typer.Typer) -> None:

@@ -75,19 +75,40 @@ def _unknown_column_message(
     return f"unknown column {name!r}"
 
 
-def check_columns(tree: exp.Query, tables: Mapping[str, pa.Schema]) -> None:
+PICKS_COLUMNS = frozenset({"columns", "unpack"})
+
+
+def _function_name(node: exp.Func) -> str:
+    return (node.name if isinstance(node, exp.Anonymous) else node.sql_name()).lower()
+
+
+def check_columns(tree: exp.Query, tables: Mapping[str, pa.Schema]) -> frozenset[str] | None:
+    """Refuse a column no table has (one line, with the closest name). Returns the names of
+    the columns the query reads, stars expanded, lower-cased (the read cache serves a table
+    only when none of them is a column it leaves out), or None when sqlglot cannot follow the
+    query (DuckDB then checks the columns, and every table is read from Lance)."""
     schema = MappingSchema(
         {name: {f.name: sql_type(f.type) for f in s} for name, s in tables.items()},
         dialect="duckdb",
     )
     try:
-        qualify(tree.copy(), schema=schema, dialect="duckdb", validate_qualify_columns=True)
+        qualified = qualify(
+            tree.copy(), schema=schema, dialect="duckdb", validate_qualify_columns=True
+        )
     except OptimizeError as e:
         message = _unknown_column_message(str(e), tree, tables)
         if message:
             raise SqlRefused(message) from e
+        return None
     except Exception:  # sqlglot cannot follow some DuckDB syntax: DuckDB checks it
-        return
+        return None
+    if any(not isinstance(s.parent, exp.Count) for s in qualified.find_all(exp.Star)):
+        return None  # a star sqlglot did not expand (count(*) reads no column)
+    if next(qualified.find_all(exp.TableColumn), None) is not None:
+        return None  # a table used as a value (``SELECT to_json(i) FROM images i``): every column
+    if any(_function_name(f) in PICKS_COLUMNS for f in qualified.find_all(exp.Func)):
+        return None  # DuckDB's COLUMNS(...) picks columns by pattern, out of sqlglot's sight
+    return frozenset(c.name.lower() for c in qualified.find_all(exp.Column))
 
 
 def at_parameter_hint(error: SqlRefused, sql: str) -> SqlRefused:

@@ -11,16 +11,20 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 import pyarrow as pa
 
 from failstore import config
 from failstore.errors import SqlError, SqlRefused, SqlTimeout, SqlTooLarge
-from failstore.queries.sql.guard import GuardedQuery, guard_query
-from failstore.queries.sql.stored import StoredQuery
+from failstore.queries.sql.plans import GuardedQuery, Plans, plan_key
+
+if TYPE_CHECKING:
+    from failstore.queries.sql.readcache import CacheEntry
+    from failstore.queries.sql.stored import StoredQuery
 
 RESULT_BATCH_ROWS = 1 << 20
 
@@ -62,11 +66,33 @@ def query_failed(error: BaseException) -> SqlError:
     return SqlError(f"query failed: {text}")
 
 
-def locked_connection() -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB connection without external access, its configuration locked."""
-    con = duckdb.connect(config={**DUCKDB_CONFIG, "memory_limit": config.sql_memory_limit()})
+def locked_connection(readable: Sequence[Path] = ()) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection without external access, its configuration locked.
+    ``readable``: directories it may still read (the store's read cache): DuckDB's
+    ``allowed_directories``, set before external access is switched off. Statements that
+    would write there (COPY, ATTACH) never reach DuckDB: the guard runs only single SELECTs."""
+    settings: dict[str, Any] = {**DUCKDB_CONFIG, "memory_limit": config.sql_memory_limit()}
+    if readable:
+        settings.pop("enable_external_access")
+    con = duckdb.connect(config=settings)
+    if readable:
+        folders = ", ".join(_literal(str(p).rstrip("/") + "/") for p in readable)
+        con.execute(f"SET allowed_directories = [{folders}]")
+        con.execute("SET enable_external_access = false")
     con.execute("SET lock_configuration = true")
     return con
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _identifier(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+class _CacheFileGone(Exception):
+    """A read-cache file was removed between the check and the read: run on Lance."""
 
 
 class SqlEngine:
@@ -76,24 +102,42 @@ class SqlEngine:
         self,
         datasets: Mapping[str, Callable[[], Any]],
         schemas: Mapping[str, pa.Schema],
-        stored: Mapping[str, StoredQuery],
+        stored: Mapping[str, StoredQuery] | Callable[[], Mapping[str, StoredQuery]],
         timeout_s: float = config.DEFAULT_SQL_TIMEOUT_S,
         connection: duckdb.DuckDBPyConnection | None = None,
         missing_hint: Callable[[str], str | None] | None = None,
         max_rows: int | None = None,
         max_bytes: int | None = None,
+        cache: Callable[[str], CacheEntry | None] | None = None,
+        plans: Plans | None = None,
+        versions: Mapping[str, int | None] | None = None,
     ) -> None:
         """``connection``: a locked-down connection from ``locked_connection()`` to reuse (a
         fresh one per query costs ~50 ms); tables are unregistered after every query.
-        ``missing_hint(table)``: the message for a table that does not exist yet, or None."""
+        ``schemas`` may load lazily (only the tables a query reads are looked up), ``stored``
+        may be a function called at the first guard. ``missing_hint(table)``: the message for a
+        table that does not exist yet, or None. ``cache(table)``: the table's read-cache entry
+        at the version ``datasets`` read, or None (the connection must be allowed to read its
+        files). ``plans`` with ``versions`` (every table's version): remembered guard outputs."""
         self.datasets = dict(datasets)
-        self.schemas = dict(schemas)
-        self.stored = dict(stored)
+        self.schemas = schemas
+        self._stored = stored
         self.timeout_s = timeout_s
         self.connection = connection
         self.missing_hint = missing_hint
         self.max_rows = config.sql_max_rows() if max_rows is None else max_rows
         self.max_bytes = config.sql_max_bytes() if max_bytes is None else max_bytes
+        self.cache = cache
+        self.plans = plans
+        self.versions = versions
+        self.sources: dict[str, str] = {}  # table -> "cache" | "lance", for the last query
+        self.uncached: set[str] = set()  # tables read from Lance for want of a cache file
+
+    @property
+    def stored(self) -> Mapping[str, StoredQuery]:
+        if callable(self._stored):
+            self._stored = dict(self._stored())
+        return self._stored
 
     def guard(
         self, sql: str, *, params: Mapping[str, str] | None = None, dialect: str | None = None
@@ -105,7 +149,13 @@ class SqlEngine:
         self, sql: str, *, params: Mapping[str, str] | None = None, dialect: str | None = None
     ) -> pa.Table:
         query = self._guarded(sql, params, dialect)
-        with self._connection_for(query) as con, self._time_limit(con) as timed_out:
+        try:
+            return self._execute(query, use_cache=True)
+        except _CacheFileGone:
+            return self._execute(query, use_cache=False)
+
+    def _execute(self, query: GuardedQuery, *, use_cache: bool) -> pa.Table:
+        with self._connection_for(query, use_cache) as con, self._time_limit(con) as timed_out:
             try:
                 return self._collect(con.sql(query.sql).to_arrow_reader(RESULT_BATCH_ROWS))
             except duckdb.Error as e:
@@ -113,6 +163,8 @@ class SqlEngine:
                     raise timeout_error(
                         self.timeout_s, "narrow it with WHERE or LIMIT, or raise the time limit"
                     ) from e
+                if isinstance(e, duckdb.IOException) and "cache" in self.sources.values():
+                    raise _CacheFileGone() from e
                 raise query_failed(e) from e
 
     def guarded(self, sql: str, *, params: Mapping[str, str] | None = None) -> GuardedQuery:
@@ -134,7 +186,7 @@ class SqlEngine:
         time limit covers the whole stream; the datasets stay registered until the block
         ends."""
         query = self._guarded(sql, params, None)
-        with self._connection_for(query) as con, self._time_limit(con) as timed_out:
+        with self._connection_for(query, True) as con, self._time_limit(con) as timed_out:
             try:
                 reader = con.sql(query.sql).to_arrow_reader(batch_rows)
             except duckdb.Error as e:
@@ -145,17 +197,34 @@ class SqlEngine:
                 reader.close()
 
     @contextlib.contextmanager
-    def _connection_for(self, query: GuardedQuery) -> Iterator[duckdb.DuckDBPyConnection]:
-        """A connection with the query's datasets registered, its SQL checked to be one
-        SELECT; the datasets unregistered (a connection of our own closed) afterwards."""
+    def _connection_for(
+        self, query: GuardedQuery, use_cache: bool
+    ) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A connection with the query's tables in place, its SQL checked to be one SELECT:
+        each table a view of its read-cache file when one serves the query, else its Lance
+        dataset registered; all removed (a connection of our own closed) afterwards."""
         con = self.connection or locked_connection()
         registered: list[str] = []
+        views: list[str] = []
+        self.sources = {}
         try:
             for name in sorted(query.tables):
                 if name not in self.datasets:
                     raise SqlRefused(f"table {name!r} has no data in this store yet")
+                entry = self.cache(name) if use_cache and self.cache is not None else None
+                if entry is not None and entry.serves(query.columns):
+                    views.append(name)
+                    con.execute(
+                        f"CREATE OR REPLACE TEMP VIEW {_identifier(name)} AS "
+                        f"SELECT * FROM read_parquet({_literal(str(entry.path))})"
+                    )
+                    self.sources[name] = "cache"
+                    continue
+                if entry is None and use_cache and self.cache is not None:
+                    self.uncached.add(name)
                 con.register(name, self.datasets[name]())
                 registered.append(name)
+                self.sources[name] = "lance"
             try:
                 statements = con.extract_statements(query.sql)
             except duckdb.Error as e:
@@ -169,6 +238,8 @@ class SqlEngine:
             else:
                 for name in registered:
                     con.unregister(name)
+                for name in views:
+                    con.execute(f"DROP VIEW IF EXISTS {_identifier(name)}")
 
     @contextlib.contextmanager
     def _time_limit(self, con: duckdb.DuckDBPyConnection) -> Iterator[threading.Event]:
@@ -190,7 +261,16 @@ class SqlEngine:
     def _guarded(
         self, sql: str, params: Mapping[str, str] | None, dialect: str | None
     ) -> GuardedQuery:
-        return guard_query(
+        """The guard's output, remembered in ``plans`` under the store's versions."""
+        key = None
+        if self.plans is not None and self.versions is not None:
+            key = plan_key(sql, dialect, params, self.versions)
+            found = self.plans.get(key)
+            if found is not None:
+                return found
+        from failstore.queries.sql.guard import guard_query  # sqlglot: only when guarding
+
+        query = guard_query(
             sql,
             tables=self.schemas,
             stored=self.stored,
@@ -198,6 +278,9 @@ class SqlEngine:
             params=params,
             missing_hint=self.missing_hint,
         )
+        if key is not None and self.plans is not None:
+            self.plans.put(key, query)
+        return query
 
     def _collect(self, reader: pa.RecordBatchReader) -> pa.Table:
         """The result, batch by batch, refused once it passes the row or byte cap (so a

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -21,6 +20,7 @@ from sqlglot.errors import ErrorLevel, SqlglotError
 from failstore.errors import SqlRefused
 from failstore.queries.sql.columns import at_parameter_hint, check_columns
 from failstore.queries.sql.messages import TOO_DEEP, quiet_sqlglot, refusal, statement_keyword
+from failstore.queries.sql.plans import GuardedQuery
 from failstore.queries.sql.stored import (
     STORED_PREFIX,
     default_literal,
@@ -59,12 +59,6 @@ FORBIDDEN_FUNCTIONS = frozenset(
         "test_vector_types", "system", "shell", "csv_scan", "json_scan", "repeat_row",
     }
 )  # fmt: skip
-
-
-@dataclass(frozen=True)
-class GuardedQuery:
-    sql: str  # DuckDB SQL to run
-    tables: frozenset[str]  # base tables the query reads
 
 
 def resolve_dialect(dialect: str | None) -> str:
@@ -378,13 +372,13 @@ def _guard_query(
             f"this query takes: {', '.join(takes) if takes else 'no parameters'}"
         )
     tree = _attach_ctes(tree, expander.ctes)
-    try:
-        check_columns(tree, tables)
+    try:  # only the tables it reads: a table's schema may cost a read of its metadata
+        columns = check_columns(tree, {t: tables[t] for t in sorted(expander.used_tables)})
     except SqlRefused as e:
         raise at_parameter_hint(e, sql) from e.__cause__
     with quiet_sqlglot():
         text = tree.sql(dialect="duckdb", comments=False)
-    return GuardedQuery(text, frozenset(expander.used_tables))
+    return GuardedQuery(text, frozenset(expander.used_tables), columns)
 
 
 def guard(sql: str, **options: Any) -> str:

@@ -19,24 +19,24 @@ import contextlib
 import math
 import threading
 import weakref
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
 from failstore import config, schemas
 from failstore.errors import InputError, SqlError, SqlRefused, StoreError
+from failstore.queries.sql.builds import CacheBuilds
 from failstore.queries.sql.engine import SqlEngine, locked_connection
-from failstore.queries.sql.guard import check_shape, guard, placeholder_names
-from failstore.queries.sql.stored import (
-    NAME_RE,
-    Param,
-    StoredQuery,
-    builtin_queries,
-    check_literal,
-    expand_templates,
-)
+from failstore.queries.sql.plans import Plans
+from failstore.queries.sql.readcache import CACHE_DIR, ReadCache, enabled
 from failstore.store import Store, equals, utcnow
+
+if TYPE_CHECKING:
+    from failstore.queries.sql.stored import StoredQuery
+
+# The guard and the stored-query parser (sqlglot, ~150 ms to import) are imported where they
+# are used: a query whose plan is remembered needs neither (failstore/queries/sql/plans.py).
 
 
 def _explain_missing(name: str) -> str | None:
@@ -54,10 +54,15 @@ class SqlSession:
         self._con: Any = None  # the locked-down database connection
         self._local = threading.local()  # one cursor of it per thread
         self._cursors: weakref.WeakSet[Any] = weakref.WeakSet()  # every cursor, for close()
+        self.cache = ReadCache(store.path) if enabled() else None
+        self.plans = Plans(store.path / CACHE_DIR / "plans" if enabled() else None)
+        self.builds = CacheBuilds(store)
 
     # ------------------------------------------------------------------ queries
     def stored_queries(self) -> dict[str, StoredQuery]:
         """Built-in, analysis and saved queries by name (saved ones last)."""
+        from failstore.queries.sql.stored import StoredQuery, builtin_queries
+
         queries = builtin_queries()
         if self.store.has_table("saved_queries"):
             for row in self.store.read("saved_queries").to_pylist():
@@ -75,7 +80,11 @@ class SqlSession:
     ) -> pa.Table:
         """Run one read-only query; returns Arrow."""
         engine = self.engine(timeout_s=timeout_s)
-        return engine.execute(query, params=params, dialect=dialect)
+        try:
+            return engine.execute(query, params=params, dialect=dialect)
+        finally:
+            if engine.uncached:  # build their cache files for the next queries, meanwhile
+                self.builds.request(engine.uncached, engine.versions or {})
 
     def engine(
         self,
@@ -89,16 +98,20 @@ class SqlSession:
         store = self.store
         names = store.table_names()
         pinned = dict(versions or {})
+        # Every table read at one version, listed once: the Lance scan, the read-cache file and
+        # the remembered plans all agree on it (and no table's metadata is opened for it).
+        at = {n: pinned[n] if n in pinned else store.manifest_version(n) for n in names}
+        cache = self.cache
         return SqlEngine(
-            datasets={n: _opener(store, n, pinned.get(n)) for n in names},
-            schemas={
-                n: store.dataset(n, pinned[n]).schema if n in pinned else store.schema(n)
-                for n in names
-            },
-            stored=self.stored_queries(),
+            datasets={n: _opener(store, n, at[n]) for n in names},
+            schemas=LazySchemas(names, lambda n: store.dataset(n, at[n]).schema),
+            stored=self.stored_queries,
             timeout_s=timeout_s,
             connection=self._connection(),
             missing_hint=_explain_missing,
+            cache=None if cache is None else (lambda n: _entry(cache, n, at.get(n))),
+            plans=self.plans,
+            versions=at,
         )
 
     def _connection(self) -> Any:
@@ -106,7 +119,8 @@ class SqlSession:
         to share between threads, cursors are (same database, same locked configuration)."""
         with _CREATE:
             if self._con is None:
-                self._con = locked_connection()
+                readable = [] if self.cache is None else [self.cache.root]
+                self._con = locked_connection(readable)
                 _open(self)
             con = getattr(self._local, "con", None)
             if con is None:
@@ -119,6 +133,7 @@ class SqlSession:
         """Close the session's DuckDB cursors, then its connection (which stops DuckDB's
         threads). Idempotent; a later query opens a new connection. Called for every open
         session at interpreter exit, so DuckDB is never torn down by interpreter finalization."""
+        self.builds.wait()  # a DuckDB copy running at interpreter exit could crash it
         with _CREATE:
             con, cursors = self._con, list(self._cursors)
             self._con, self._local, self._cursors = None, threading.local(), weakref.WeakSet()
@@ -148,6 +163,8 @@ class SqlSession:
             stored.pop(same, None)
             if same != query.name:
                 store.delete("saved_queries", equals("name", same))
+        from failstore.queries.sql.guard import guard
+
         placeholders = {p.name: p.default or "NULL" for p in query.parameters}
         # Refuse before writing: the query must pass the guard against this store.
         guard(
@@ -188,6 +205,16 @@ def make_user_query(
 ) -> StoredQuery:
     """A user query to save in the store, checked: a free name, literal defaults, one read-only
     query whose ``$placeholders`` are all declared."""
+    from failstore.queries.sql.guard import check_shape, placeholder_names
+    from failstore.queries.sql.stored import (
+        NAME_RE,
+        Param,
+        StoredQuery,
+        builtin_queries,
+        check_literal,
+        expand_templates,
+    )
+
     if not NAME_RE.match(name):
         raise SqlRefused(
             f"bad query name {name!r}", hint="use letters, digits and underscores, e.g. my_query"
@@ -228,6 +255,33 @@ def reserved_table_names() -> set[str]:
 
 def _opener(store: Store, name: str, version: int | None = None) -> Callable[[], Any]:
     return lambda: store.dataset(name, version)
+
+
+def _entry(cache: ReadCache, name: str, version: int | None) -> Any:
+    return None if version is None else cache.entry(name, version)
+
+
+class LazySchemas(Mapping[str, pa.Schema]):
+    """Table schemas read when first asked for: the guard looks up only the tables a query
+    reads, and a remembered plan none."""
+
+    def __init__(self, names: list[str], load: Callable[[str], pa.Schema]) -> None:
+        self._names = names
+        self._load = load
+        self._loaded: dict[str, pa.Schema] = {}
+
+    def __getitem__(self, name: str) -> pa.Schema:
+        if name not in self._names:
+            raise KeyError(name)
+        if name not in self._loaded:
+            self._loaded[name] = self._load(name)
+        return self._loaded[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
 
 
 _CREATE = threading.Lock()

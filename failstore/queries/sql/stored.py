@@ -46,9 +46,7 @@ STORED_PREFIX = "_stored_"  # CTE name prefix of a stored query expanded into a 
 NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 HEADER_RE = re.compile(r"^--\s*([A-Za-z_]+)\s*:\s?(.*)$")
 HEADER_KEYS = ("name", "description", "param")
-TEMPLATE_RE = re.compile(
-    r"\{\{\s*(column|other_columns|table_or_empty)\s*\(([^)]*)\)\s*\}\}"
-)
+TEMPLATE_RE = re.compile(r"\{\{\s*(column|other_columns|table_or_empty)\s*\(([^)]*)\)\s*\}\}")
 
 # SQL types of the optional model columns of `images`, for a NULL stand-in when absent.
 OPTIONAL_COLUMN_TYPES = {
@@ -293,9 +291,7 @@ def expand_templates(sql: str, tables: Mapping[str, pa.Schema] | None) -> str:
     return TEMPLATE_RE.sub(fill, sql)
 
 
-def _table_or_empty(
-    template: str, args: list[str], tables: Mapping[str, pa.Schema] | None
-) -> str:
+def _table_or_empty(template: str, args: list[str], tables: Mapping[str, pa.Schema] | None) -> str:
     from failstore.queries.framework import registry
 
     if len(args) != 1 or not NAME_RE.match(args[0]):
