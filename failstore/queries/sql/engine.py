@@ -111,6 +111,7 @@ class SqlEngine:
         cache: Callable[[str], CacheEntry | None] | None = None,
         plans: Plans | None = None,
         versions: Mapping[str, int | None] | None = None,
+        on_uncached: Callable[[set[str]], None] | None = None,
     ) -> None:
         """``connection``: a locked-down connection from ``locked_connection()`` to reuse (a
         fresh one per query costs ~50 ms); tables are unregistered after every query.
@@ -118,7 +119,9 @@ class SqlEngine:
         may be a function called at the first guard. ``missing_hint(table)``: the message for a
         table that does not exist yet, or None. ``cache(table)``: the table's read-cache entry
         at the version ``datasets`` read, or None (the connection must be allowed to read its
-        files). ``plans`` with ``versions`` (every table's version): remembered guard outputs."""
+        files); ``on_uncached(tables)`` is told of the tables a query read from Lance for want of
+        a cache file. ``plans`` with ``versions`` (every table's version): remembered guard
+        outputs."""
         self.datasets = dict(datasets)
         self.schemas = schemas
         self._stored = stored
@@ -132,6 +135,7 @@ class SqlEngine:
         self.versions = versions
         self.sources: dict[str, str] = {}  # table -> "cache" | "lance", for the last query
         self.uncached: set[str] = set()  # tables read from Lance for want of a cache file
+        self.on_uncached = on_uncached
 
     @property
     def stored(self) -> Mapping[str, StoredQuery]:
@@ -213,13 +217,17 @@ class SqlEngine:
                     raise SqlRefused(f"table {name!r} has no data in this store yet")
                 entry = self.cache(name) if use_cache and self.cache is not None else None
                 if entry is not None and entry.serves(query.columns):
-                    views.append(name)
-                    con.execute(
-                        f"CREATE OR REPLACE TEMP VIEW {_identifier(name)} AS "
-                        f"SELECT * FROM read_parquet({_literal(str(entry.path))})"
-                    )
-                    self.sources[name] = "cache"
-                    continue
+                    try:  # binding the view opens the file: it may have been pruned since
+                        con.execute(
+                            f"CREATE OR REPLACE TEMP VIEW {_identifier(name)} AS "
+                            f"SELECT * FROM read_parquet({_literal(str(entry.path))})"
+                        )
+                    except duckdb.IOException:
+                        entry = None
+                    else:
+                        views.append(name)
+                        self.sources[name] = "cache"
+                        continue
                 if entry is None and use_cache and self.cache is not None:
                     self.uncached.add(name)
                 con.register(name, self.datasets[name]())
@@ -240,6 +248,8 @@ class SqlEngine:
                     con.unregister(name)
                 for name in views:
                     con.execute(f"DROP VIEW IF EXISTS {_identifier(name)}")
+            if self.uncached and self.on_uncached is not None:
+                self.on_uncached(set(self.uncached))
 
     @contextlib.contextmanager
     def _time_limit(self, con: duckdb.DuckDBPyConnection) -> Iterator[threading.Event]:

@@ -80,11 +80,7 @@ class SqlSession:
     ) -> pa.Table:
         """Run one read-only query; returns Arrow."""
         engine = self.engine(timeout_s=timeout_s)
-        try:
-            return engine.execute(query, params=params, dialect=dialect)
-        finally:
-            if engine.uncached:  # build their cache files for the next queries, meanwhile
-                self.builds.request(engine.uncached, engine.versions or {})
+        return engine.execute(query, params=params, dialect=dialect)
 
     def engine(
         self,
@@ -112,6 +108,8 @@ class SqlSession:
             cache=None if cache is None else (lambda n: _entry(cache, n, at.get(n))),
             plans=self.plans,
             versions=at,
+            # tables read from Lance for want of a cache file: built meanwhile, for next time
+            on_uncached=lambda tables: self.builds.request(tables, at),
         )
 
     def _connection(self) -> Any:
