@@ -82,6 +82,19 @@ def manifest_version(table_dir: Path) -> int | None:
     return best
 
 
+def manifest_stamp(table_dir: Path, version: int) -> str | None:
+    """Size and modification time of version ``version``'s manifest, or None if it is gone:
+    tells a version of a table from the same version number of a table deleted and created
+    again (Lance numbers a new table's versions from 1)."""
+    for name in (f"{U64_MAX - version:020d}.manifest", f"{version}.manifest"):
+        try:
+            st = os.stat(table_dir / "_versions" / name)
+        except FileNotFoundError:
+            continue
+        return f"{st.st_size}:{st.st_mtime_ns}"
+    return None
+
+
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -184,6 +197,9 @@ class Store:
         commits a version by creating its manifest file atomically, so a listed manifest is a
         committed version. Tested against ``dataset(name).version``."""
         return manifest_version(self.path / f"{name}.lance")
+
+    def manifest_stamp(self, name: str, version: int) -> str | None:
+        return manifest_stamp(self.path / f"{name}.lance", version)
 
     def schema(self, name: str) -> pa.Schema:
         return self.dataset(name).schema

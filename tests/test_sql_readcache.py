@@ -168,6 +168,21 @@ def test_after_a_write_a_query_sees_the_new_rows_never_the_old_cache(store):
     assert run(store, "SELECT count(*) AS n FROM predictions")[0]["n"][0].as_py() == 340
 
 
+def test_a_table_deleted_and_created_again_is_not_served_its_old_cache(store):
+    sql = "SELECT count(*) AS n, min(uri) AS first FROM images"
+    assert run(store, sql)[0]["n"][0].as_py() == 300
+    before = store.version("images")
+    __import__("shutil").rmtree(store.path / "images.lance")
+    t = images(1000, 40)
+    store.append("images", t, schema=IMAGE_SCHEMA)
+    while store.version("images") < before:  # the same version number as the old table's
+        store.upsert("images", t.slice(0, 1), schema=IMAGE_SCHEMA)
+    assert store.version("images") == before
+    got, sources = run(Store(store.path), sql)
+    assert got.to_pylist() == [{"n": 40, "first": "/data/1000.png"}]
+    assert sources == {"images": "lance"}
+
+
 def test_manifest_version_is_lances_version_after_every_kind_of_write(store):
     assert store.manifest_version("images") == store.version("images")
     add(store, 300, 10)
@@ -255,7 +270,7 @@ def test_a_tampered_plan_file_runs_nothing_but_a_select(store):
     sql = "SELECT count(*) AS n FROM images"
     s = session(store)
     engine = s.engine()
-    key = plan_key(sql, None, None, engine.versions)
+    key = plan_key(sql, None, None, engine.plan_state)
     folder = store.path / CACHE_DIR / "plans"
     folder.mkdir(parents=True, exist_ok=True)
     target = store.path / CACHE_DIR / "x.csv"

@@ -111,6 +111,7 @@ class SqlEngine:
         cache: Callable[[str], CacheEntry | None] | None = None,
         plans: Plans | None = None,
         versions: Mapping[str, int | None] | None = None,
+        plan_state: Mapping[str, object] | None = None,
         on_uncached: Callable[[set[str]], None] | None = None,
     ) -> None:
         """``connection``: a locked-down connection from ``locked_connection()`` to reuse (a
@@ -121,7 +122,7 @@ class SqlEngine:
         at the version ``datasets`` read, or None (the connection must be allowed to read its
         files); ``on_uncached(tables)`` is told of the tables a query read from Lance for want of
         a cache file. ``plans`` with ``versions`` (every table's version): remembered guard
-        outputs."""
+        outputs, keyed by ``plan_state`` (default: ``versions``)."""
         self.datasets = dict(datasets)
         self.schemas = schemas
         self._stored = stored
@@ -133,6 +134,7 @@ class SqlEngine:
         self.cache = cache
         self.plans = plans
         self.versions = versions
+        self.plan_state = versions if plan_state is None else plan_state
         self.sources: dict[str, str] = {}  # table -> "cache" | "lance", for the last query
         self.uncached: set[str] = set()  # tables read from Lance for want of a cache file
         self.on_uncached = on_uncached
@@ -273,8 +275,8 @@ class SqlEngine:
     ) -> GuardedQuery:
         """The guard's output, remembered in ``plans`` under the store's versions."""
         key = None
-        if self.plans is not None and self.versions is not None:
-            key = plan_key(sql, dialect, params, self.versions)
+        if self.plans is not None and self.plan_state is not None:
+            key = plan_key(sql, dialect, params, self.plan_state)
             found = self.plans.get(key)
             if found is not None:
                 return found

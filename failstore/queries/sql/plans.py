@@ -58,10 +58,16 @@ def plan_key(
     sql: str,
     dialect: str | None,
     params: Mapping[str, str] | None,
-    versions: Mapping[str, int | None],
+    versions: Mapping[str, object],
 ) -> str:
     doc = json.dumps(
-        [code_fingerprint(), sql, dialect, sorted((params or {}).items()), sorted(versions.items())]
+        [
+            code_fingerprint(),
+            sql,
+            dialect,
+            sorted((params or {}).items()),
+            sorted((k, repr(v)) for k, v in versions.items()),
+        ]
     )
     return hashlib.sha256(doc.encode()).hexdigest()
 

@@ -92,14 +92,22 @@ class ReadCache:
     def __init__(self, store_path: Path) -> None:
         self.root = Path(store_path) / CACHE_DIR
 
+    def _stamp(self, table: str, version: int) -> str | None:
+        from failstore.store import manifest_stamp
+
+        return manifest_stamp(self.root.parent / f"{table}.lance", version)
+
     def _file(self, table: str, version: int, suffix: str) -> Path:
         return self.root / table / f"v{version}.f{FORMAT}.{suffix}"
 
     def entry(self, table: str, version: int) -> CacheEntry | None:
-        """The cache file of ``table`` at ``version``, or None."""
+        """The cache file of ``table`` at ``version``, or None (also when it was copied from
+        another table of the same name: one deleted and created again)."""
         try:
             meta = json.loads(self._file(table, version, "json").read_text())
         except (OSError, ValueError):
+            return None
+        if meta.get("manifest") != self._stamp(table, version):
             return None
         path: Path | None = self._file(table, version, "parquet")
         if meta.get("small"):
@@ -145,6 +153,7 @@ class ReadCache:
                 "skipped": skipped,
                 "rows": rows,
                 "lance_version": version,
+                "manifest": self._stamp(table, version),
                 "small": small,
             }
             meta_tmp.write_text(json.dumps(meta))

@@ -108,6 +108,8 @@ class SqlSession:
             cache=None if cache is None else (lambda n: _entry(cache, n, at.get(n))),
             plans=self.plans,
             versions=at,
+            # plans are keyed by version and manifest: a table created again restarts at 1
+            plan_state={n: (at[n], _stamp(store, n, at[n])) for n in names},
             # tables read from Lance for want of a cache file: built meanwhile, for next time
             on_uncached=lambda tables: self.builds.request(tables, at),
         )
@@ -253,6 +255,10 @@ def reserved_table_names() -> set[str]:
 
 def _opener(store: Store, name: str, version: int | None = None) -> Callable[[], Any]:
     return lambda: store.dataset(name, version)
+
+
+def _stamp(store: Store, name: str, version: int | None) -> str | None:
+    return None if version is None else store.manifest_stamp(name, version)
 
 
 def _entry(cache: ReadCache, name: str, version: int | None) -> Any:
