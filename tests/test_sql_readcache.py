@@ -21,7 +21,14 @@ from failstore.queries.sql import guard as guard_module
 from failstore.queries.sql.builds import refresh
 from failstore.queries.sql.engine import locked_connection
 from failstore.queries.sql.plans import plan_key
-from failstore.queries.sql.readcache import CACHE_DIR, MIN_ROWS_ENV, ReadCache, cacheable, min_rows
+from failstore.queries.sql.readcache import (
+    CACHE_DIR,
+    FORMAT,
+    MIN_ROWS_ENV,
+    ReadCache,
+    cacheable,
+    min_rows,
+)
 from failstore.queries.sql.session import session
 from failstore.store import Store
 
@@ -48,7 +55,9 @@ def images(start: int, n: int, seed: int = 0) -> pa.Table:
             "height": np.full(n, 48, np.int32),
             "boxes": pa.array(boxes, pa.list_(schemas.BOX_TYPE)),
             "mask": [bytes([i % 251]) * 3 for i in range(n)],
-            "ingested_at": [datetime(2026, 12, 1, 10, i % 60, tzinfo=timezone.utc) for i in range(n)],
+            "ingested_at": [
+                datetime(2026, 12, 1, 10, i % 60, tzinfo=timezone.utc) for i in range(n)
+            ],
             "clip_model": ["clip"] * n,
             "clip_embedding": pa.FixedSizeListArray.from_arrays(
                 pa.array(rng.standard_normal(8 * n, dtype=np.float32)), 8
@@ -223,7 +232,7 @@ def test_the_query_connection_reads_the_cache_folder_and_nothing_else(store, tmp
             f"SELECT * FROM read_parquet('{folder}/../images.lance/data/x.parquet')",
             "SET enable_external_access = true",
         ):
-            with pytest.raises(Exception, match="disabled by configuration|locked"):
+            with pytest.raises(Exception, match=r"disabled by configuration|locked"):
                 con.sql(sql).fetchall()
     finally:
         con.close()
@@ -285,7 +294,7 @@ def test_prune_removes_older_versions_and_leftovers_of_killed_builds(store):
     cache = ReadCache(store.path)
     v1 = store.version("images")
     folder = cache.root / "images"
-    (folder / ".v1.f1.parquet.dead.tmp").write_text("")
+    (folder / f".v1.f{FORMAT}.parquet.dead.tmp").write_text("")
     add(store, 300, 5)
     cache.build("images", store.dataset("images"))
     assert cache.entry("images", v1) is not None  # kept: younger than KEEP_S
@@ -293,8 +302,8 @@ def test_prune_removes_older_versions_and_leftovers_of_killed_builds(store):
     assert cache.entry("images", v1) is None
     assert cache.entry("images", store.version("images")) is not None
     assert sorted(p.name for p in folder.iterdir()) == [
-        f"v{store.version('images')}.f1.json",
-        f"v{store.version('images')}.f1.parquet",
+        f"v{store.version('images')}.f{FORMAT}.json",
+        f"v{store.version('images')}.f{FORMAT}.parquet",
     ]
 
 
@@ -387,4 +396,7 @@ def test_two_processes_building_the_same_version_leave_one_good_file(tmp_path, m
     assert sources == {"images": "cache"}
     assert got.equals(on_lance(s, sql))
     left = sorted(p.name for p in (s.path / CACHE_DIR / "images").iterdir())
-    assert left == [f"v{s.version('images')}.f1.json", f"v{s.version('images')}.f1.parquet"]
+    assert left == [
+        f"v{s.version('images')}.f{FORMAT}.json",
+        f"v{s.version('images')}.f{FORMAT}.parquet",
+    ]

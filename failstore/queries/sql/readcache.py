@@ -30,7 +30,7 @@ import pyarrow as pa
 
 CACHE_ENV = "FAILSTORE_SQL_CACHE"  # 0 / off: no read cache and no plans on disk
 CACHE_DIR = "_sql_cache"
-FORMAT = 1  # bump when the choice of columns or the file layout changes
+FORMAT = 2  # bump when the choice of columns or the file layout changes
 MIN_ROWS_ENV = "FAILSTORE_SQL_CACHE_MIN_ROWS"
 DEFAULT_MIN_ROWS = 100_000  # smaller tables scan from Lance in a few milliseconds
 ROW_GROUP_ROWS = 122_880  # DuckDB's own row-group size: its parallel scan unit
@@ -208,7 +208,7 @@ def _copy(dataset: Any, columns: list[str], out: Path) -> None:
         target = str(out).replace("'", "''")
         con.execute(
             f"COPY (SELECT {select} FROM source) TO '{target}' "
-            f"(FORMAT parquet, ROW_GROUP_SIZE {ROW_GROUP_ROWS}, COMPRESSION zstd)"
+            f"(FORMAT parquet, ROW_GROUP_SIZE {ROW_GROUP_ROWS}, COMPRESSION snappy)"
         )
     finally:
         con.close()
