@@ -13,6 +13,7 @@ from typing import Annotated
 
 import typer
 
+from failstore.cli import fast_sql
 from failstore.cli.state import State
 
 # The modules that register commands, in the order ``--help`` lists them.
@@ -164,6 +165,10 @@ def main(argv: list[str] | None = None) -> None:
     debug = "--debug" in args
     try:
         args = hoist_global_options(args)
+        call = fast_sql.parse(args) if subcommand(args) == "sql" else None
+        if call is not None:  # a plain `failstore sql`: no Typer (see fast_sql)
+            fast_sql.run(call)
+            return
         app_for(args)(args=args, prog_name="failstore", standalone_mode=False)
     except typer.Exit as e:
         sys.exit(e.exit_code)

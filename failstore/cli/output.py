@@ -10,12 +10,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from enum import Enum
-from typing import Annotated, Any, TextIO
+from typing import TYPE_CHECKING, Annotated, Any, TextIO
 
 import pyarrow as pa
-import typer
 
 from failstore.queries.sql.values import jsonable
+
+if TYPE_CHECKING:
+    import typer
 
 
 class Format(str, Enum):
@@ -25,9 +27,21 @@ class Format(str, Enum):
 
 
 # The one output option every printing command takes (as sqlite-utils' output_options).
-FormatOpt = Annotated[
-    Format, typer.Option("--format", "-f", help="Output format: table, json or csv.")
-]
+# Built on first use (module ``__getattr__``): printing needs no Typer (``failstore sql``'s
+# fast path, failstore/cli/fast_sql.py, never imports it).
+FORMAT_HELP = "Output format: table, json or csv."
+if TYPE_CHECKING:
+    FormatOpt = Annotated[Format, typer.Option("--format", "-f", help=FORMAT_HELP)]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "FormatOpt":
+        import typer
+
+        opt = Annotated[Format, typer.Option("--format", "-f", help=FORMAT_HELP)]
+        globals()["FormatOpt"] = opt
+        return opt
+    raise AttributeError(name)
 
 
 MAX_LIST_SHOWN = 6  # lists longer than this are elided in table output
