@@ -5,6 +5,7 @@ compared; the fast path takes exactly the plain calls."""
 from __future__ import annotations
 
 import io
+import subprocess
 import sys
 
 import pyarrow as pa
@@ -104,3 +105,15 @@ def test_the_store_variable_is_read_the_same_way(store, capsys, monkeypatch):
     said = outcome(argv, capsys, monkeypatch, typer_only=False)
     assert said == ("n\n12\n", "", 0)
     assert outcome(argv, capsys, monkeypatch, typer_only=True) == said
+
+
+def test_a_plain_sql_call_loads_neither_typer_nor_pydantic(store):
+    probe = (
+        "import sys\n"
+        "from failstore.cli.app import main\n"
+        f"main(['--store', {str(store.path)!r}, 'sql', 'SELECT count(*) AS n FROM images'])\n"
+        "print(sorted(m for m in ('typer', 'pydantic', 'click') if m in sys.modules))"
+    )
+    r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == "[]"

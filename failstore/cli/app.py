@@ -6,27 +6,16 @@ on stderr with a non-zero exit; ``--debug`` shows the traceback.
 
 from __future__ import annotations
 
-import importlib
 import sys
-from pathlib import Path
-from typing import Annotated
-
-import typer
+from typing import TYPE_CHECKING, Any
 
 from failstore.cli import fast_sql
-from failstore.cli.state import State
 
-# The modules that register commands, in the order ``--help`` lists them.
-COMMAND_MODULES = (
-    "commands_store",
-    "commands_sql",
-    "commands_analyses",
-    "commands_saliency",
-    "commands_runs",
-    "commands_feeds",
-    "commands_serve",
-    "commands_demo",
-)
+if TYPE_CHECKING:
+    import typer
+
+# Typer is imported only when it has to answer: a plain `failstore sql` never loads it (see
+# failstore/cli/fast_sql.py); the app itself is in failstore/cli/typer_app.py.
 # Which module registers each command that does not depend on the analyses found at run time.
 # ``main`` builds only that module's commands when one of these is invoked, so `failstore sql`
 # does not import the analysis packages (tests/test_cli_app.py checks the table against the
@@ -48,42 +37,6 @@ CORE_COMMANDS = {
     "report": "commands_serve",
 }
 GLOBAL_OPTIONS = {"--store": True, "--debug": False}  # option -> takes a value
-
-
-def _global(
-    ctx: typer.Context,
-    store: Annotated[
-        Path | None,
-        typer.Option(
-            "--store",
-            envvar="FAILSTORE_STORE",
-            help="Store directory (a LanceDB directory). Default: ./failstore-store.",
-            show_default=False,
-        ),
-    ] = None,
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
-) -> None:
-    """Find and explain the failure modes of image classifiers, with SQL over one store.
-
-    Example: failstore --store S ingest photos/ --target efficientnet_lite0
-    """
-    ctx.obj = State(store=store, debug=debug)
-
-
-def build_app(modules: tuple[str, ...] = COMMAND_MODULES) -> typer.Typer:
-    """The ``failstore`` app with the commands of ``modules`` (all of them by default)."""
-    built = typer.Typer(
-        name="failstore",
-        help="Find and explain the failure modes of image classifiers, with SQL over one store.",
-        no_args_is_help=True,
-        pretty_exceptions_enable=False,
-        add_completion=False,
-        rich_markup_mode=None,
-    )
-    built.callback()(_global)
-    for name in modules:
-        importlib.import_module(f"failstore.cli.{name}").register(built)
-    return built
 
 
 def command_index(args: list[str]) -> int | None:
@@ -143,44 +96,37 @@ def hoist_global_options(args: list[str]) -> list[str]:
 def app_for(args: list[str]) -> typer.Typer:
     """The app ``main`` runs for ``args``: only the invoked core command's module when there is
     one (faster start-up), the full app otherwise (help, analyses, typos)."""
+    from failstore.cli.typer_app import build_app
+
     module = CORE_COMMANDS.get(subcommand(args) or "")
     return build_app((module,)) if module else build_app()
 
 
-def __getattr__(name: str) -> typer.Typer:
-    """``app``: the full app, built on first use (docs, tests and ``python -m``)."""
+def __getattr__(name: str) -> Any:
+    """``app`` (the full app, built on first use: docs, tests and ``python -m``), and the
+    Typer module's ``build_app`` and ``COMMAND_MODULES``."""
+    if name not in ("app", "build_app", "COMMAND_MODULES"):
+        raise AttributeError(name)
+    from failstore.cli import typer_app
+
     if name == "app":
-        built = globals()["app"] = build_app()
+        built = globals()["app"] = typer_app.build_app()
         return built
-    raise AttributeError(name)
+    return getattr(typer_app, name)
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: run the app, turning failstore errors into one line and an exit code."""
-    from typer._click.exceptions import ClickException, NoArgsIsHelpError
-
+    """Entry point: run the command, turning failstore errors into one line and an exit code."""
     from failstore.errors import FailstoreError
 
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
     try:
-        args = hoist_global_options(args)
-        call = fast_sql.parse(args) if subcommand(args) == "sql" else None
+        call = _plain_sql(args)
         if call is not None:  # a plain `failstore sql`: no Typer (see fast_sql)
             fast_sql.run(call)
             return
-        app_for(args)(args=args, prog_name="failstore", standalone_mode=False)
-    except typer.Exit as e:
-        sys.exit(e.exit_code)
-    except typer.Abort:
-        print("aborted", file=sys.stderr)
-        sys.exit(130)
-    except NoArgsIsHelpError as e:
-        e.show()
-        sys.exit(0)
-    except ClickException as e:
-        e.show()
-        sys.exit(e.exit_code)
+        _run_typer(args)
     except FailstoreError as e:
         from failstore.queries.framework.params import ParamError
 
@@ -202,6 +148,37 @@ def main(argv: list[str] | None = None) -> None:
             file=sys.stderr,
         )
         sys.exit(1)
+
+
+def _plain_sql(args: list[str]) -> fast_sql.SqlCall | None:
+    if "sql" not in args:
+        return None
+    try:
+        hoisted = hoist_global_options(args)
+    except Exception:  # a usage error: Typer words it
+        return None
+    return fast_sql.parse(hoisted) if subcommand(hoisted) == "sql" else None
+
+
+def _run_typer(args: list[str]) -> None:
+    """Run the Typer app; its own exits and usage errors become exit codes here."""
+    import typer
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError
+
+    try:
+        args = hoist_global_options(args)
+        app_for(args)(args=args, prog_name="failstore", standalone_mode=False)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        print("aborted", file=sys.stderr)
+        sys.exit(130)
+    except NoArgsIsHelpError as e:
+        e.show()
+        sys.exit(0)
+    except ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
 
 
 if __name__ == "__main__":  # pragma: no cover
