@@ -400,3 +400,26 @@ def test_two_processes_building_the_same_version_leave_one_good_file(tmp_path, m
         f"v{s.version('images')}.f{FORMAT}.json",
         f"v{s.version('images')}.f{FORMAT}.parquet",
     ]
+
+
+def test_a_version_written_over_before_its_copy_starts_is_not_copied(store, monkeypatch):
+    from failstore.queries.sql import builds
+
+    add(store, 300, 5)
+    add(store, 305, 5)  # the version before the latest has no file, and was written over
+    b = builds.CacheBuilds(store)
+    b.request(["images"], {"images": store.version("images") - 1})
+    b.wait()
+    assert ReadCache(store.path).entry("images", store.version("images") - 1) is None
+    # The latest version is copied; asked again within the cool-down, nothing is copied.
+    b.request(["images"], {"images": store.version("images")})
+    b.wait()
+    assert ReadCache(store.path).entry("images", store.version("images")) is not None
+    add(store, 400, 5)  # within the cool-down of the last copy: not copied
+    b.request(["images"], {"images": store.version("images")})
+    b.wait()
+    assert ReadCache(store.path).entry("images", store.version("images")) is None
+    monkeypatch.setattr(builds, "COOLDOWN_S", 0.0)
+    b.request(["images"], {"images": store.version("images")})
+    b.wait()
+    assert ReadCache(store.path).entry("images", store.version("images")) is not None

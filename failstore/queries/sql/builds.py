@@ -10,6 +10,7 @@ that the first query after them is already fast.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
@@ -17,6 +18,10 @@ from failstore.queries.sql.readcache import ReadCache, enabled
 
 if TYPE_CHECKING:
     from failstore.store import Store
+
+# A table copied less than this long ago is not copied again meanwhile: while an ingest commits
+# every few seconds, a server's queries read Lance instead of copying 1M rows after each commit.
+COOLDOWN_S = 30.0
 
 
 class CacheBuilds:
@@ -28,16 +33,20 @@ class CacheBuilds:
         self._pending: list[tuple[str, int]] = []
         self._asked: set[tuple[str, int]] = set()
         self._thread: threading.Thread | None = None
+        self._built_at: dict[str, float] = {}  # table -> when its last copy ended
         self.errors: list[str] = []  # one line per failed build (the table stays on Lance)
 
     def request(self, tables: Iterable[str], versions: Mapping[str, int | None]) -> None:
         if not enabled():
             return
         with self._lock:
+            now = time.monotonic()
             for table in sorted(tables):
                 version = versions.get(table)
                 if version is None or (table, version) in self._asked:
                     continue
+                if now - self._built_at.get(table, -COOLDOWN_S) < COOLDOWN_S:
+                    continue  # asked again after the cool-down, if still uncached
                 self._asked.add((table, version))
                 self._pending.append((table, version))
             if self._pending and (self._thread is None or not self._thread.is_alive()):
@@ -53,10 +62,14 @@ class CacheBuilds:
                 if not self._pending:
                     return
                 table, version = self._pending.pop(0)
+            if self.store.manifest_version(table) != version:
+                continue  # written again since it was asked for: the next query asks anew
             try:
                 cache.build(table, self.store.dataset(table, version))
             except Exception as e:  # a failed build only leaves the table on Lance
                 self.errors.append(f"{table} v{version}: {type(e).__name__}: {e}")
+            with self._lock:
+                self._built_at[table] = time.monotonic()
 
     def wait(self, timeout: float | None = None) -> None:
         """Wait for the builds asked for so far."""
