@@ -423,3 +423,17 @@ def test_a_version_written_over_before_its_copy_starts_is_not_copied(store, monk
     b.request(["images"], {"images": store.version("images")})
     b.wait()
     assert ReadCache(store.path).entry("images", store.version("images")) is not None
+
+
+def test_kept_views_follow_each_query_cache_lance_cache_and_a_deleted_file(store):
+    scalar = "SELECT count(*) AS n FROM images"
+    vector = "SELECT count(clip_embedding) AS n FROM images"
+    seen = [run(store, q) for q in (scalar, vector, scalar)]
+    assert [(t["n"][0].as_py(), src["images"]) for t, src in seen] == [
+        (300, "cache"),
+        (300, "lance"),
+        (300, "cache"),
+    ]
+    ReadCache(store.path).entry("images", store.version("images")).path.unlink()
+    got, sources = run(store, scalar)
+    assert (got["n"][0].as_py(), sources) == (300, {"images": "lance"})

@@ -113,6 +113,7 @@ class SqlEngine:
         versions: Mapping[str, int | None] | None = None,
         plan_state: Mapping[str, object] | None = None,
         on_uncached: Callable[[set[str]], None] | None = None,
+        views: dict[str, str] | None = None,
     ) -> None:
         """``connection``: a locked-down connection from ``locked_connection()`` to reuse (a
         fresh one per query costs ~50 ms); tables are unregistered after every query.
@@ -122,7 +123,9 @@ class SqlEngine:
         at the version ``datasets`` read, or None (the connection must be allowed to read its
         files); ``on_uncached(tables)`` is told of the tables a query read from Lance for want of
         a cache file. ``plans`` with ``versions`` (every table's version): remembered guard
-        outputs, keyed by ``plan_state`` (default: ``versions``)."""
+        outputs, keyed by ``plan_state`` (default: ``versions``). ``views``: the read-cache
+        views kept on ``connection`` between queries (table -> file; binding a view reads the
+        file's metadata, ~3 ms), owned by whoever owns the connection."""
         self.datasets = dict(datasets)
         self.schemas = schemas
         self._stored = stored
@@ -138,6 +141,7 @@ class SqlEngine:
         self.sources: dict[str, str] = {}  # table -> "cache" | "lance", for the last query
         self.uncached: set[str] = set()  # tables read from Lance for want of a cache file
         self.on_uncached = on_uncached
+        self.kept_views = views if connection is not None else None
 
     @property
     def stored(self) -> Mapping[str, StoredQuery]:
@@ -211,7 +215,8 @@ class SqlEngine:
         dataset registered; all removed (a connection of our own closed) afterwards."""
         con = self.connection or locked_connection()
         registered: list[str] = []
-        views: list[str] = []
+        views: list[str] = []  # views to drop afterwards (those not kept)
+        kept = self.kept_views
         self.sources = {}
         try:
             for name in sorted(query.tables):
@@ -219,19 +224,28 @@ class SqlEngine:
                     raise SqlRefused(f"table {name!r} has no data in this store yet")
                 entry = self.cache(name) if use_cache and self.cache is not None else None
                 if entry is not None and entry.serves(query.columns):
+                    path = str(entry.path)
+                    if kept is not None and kept.get(name) == path:
+                        self.sources[name] = "cache"
+                        continue
                     try:  # binding the view opens the file: it may have been pruned since
                         con.execute(
                             f"CREATE OR REPLACE TEMP VIEW {_identifier(name)} AS "
-                            f"SELECT * FROM read_parquet({_literal(str(entry.path))})"
+                            f"SELECT * FROM read_parquet({_literal(path)})"
                         )
                     except duckdb.IOException:
                         entry = None
                     else:
-                        views.append(name)
+                        if kept is not None:
+                            kept[name] = path
+                        else:
+                            views.append(name)
                         self.sources[name] = "cache"
                         continue
                 if entry is None and use_cache and self.cache is not None:
                     self.uncached.add(name)
+                if kept is not None and kept.pop(name, None) is not None:
+                    con.execute(f"DROP VIEW IF EXISTS {_identifier(name)}")
                 con.register(name, self.datasets[name]())
                 registered.append(name)
                 self.sources[name] = "lance"

@@ -112,6 +112,7 @@ class SqlSession:
             plan_state={n: (at[n], _stamp(store, n, at[n])) for n in names},
             # tables read from Lance for want of a cache file: built meanwhile, for next time
             on_uncached=lambda tables: self.builds.request(tables, at),
+            views=getattr(self._local, "views", None),  # set with the cursor, just above
         )
 
     def _connection(self) -> Any:
@@ -125,6 +126,7 @@ class SqlSession:
             con = getattr(self._local, "con", None)
             if con is None:
                 con = self._local.con = self._con.cursor()
+                self._local.views = {}  # a new cursor has no views yet
                 self._cursors.add(con)
         return con
 
