@@ -335,3 +335,46 @@ def test_png_round_trip():
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(encode_png(rgb)))), rgb)
     im = Image.open(io.BytesIO(encode_png(grey)))
     assert im.mode == "L" and np.array_equal(np.asarray(im), grey)
+
+
+NOT_NOISY = {
+    "name": "cows", "classes": ["cow", "sheep", "horse"], "min_slice_count": 60,
+    "sizes": {"train": 3000, "val": 3000, "test": 3000},
+    "distributions": {"val": {"attr_quality": {"noisy": 0.7, "*": 0.3}},
+                      "test": {"attr_quality": {"noisy": 0.7, "*": 0.3}}},
+    "rules": [{"name": "cows are noisy", "when": {"class": "cow"},
+               "set": {"attr_quality": {"noisy": 1.0}}, "slice_name": "cows that are not noisy"}],
+}  # fmt: skip
+
+
+def test_a_not_x_slice_is_sized_by_its_largest_nameable_value():
+    """Issue 18: "cows that are not noisy" can only be found through clean, blurry or grayscale
+    alone, so each eval split must hold enough of one of them, not only of the whole slice."""
+    from failstore.demo.spec import min_expected, nameable_part
+
+    spec = load_spec(NOT_NOISY)
+    (sl,) = planted_slices(spec)
+    # val: cow 1/3; noisy 0.7 and the rest spread uniformly: clean = blurry = grayscale = 0.1;
+    # the whole slice is 1/3 x 0.3 = 0.1, its largest nameable part (the first of the tie)
+    # 1/3 x 0.1
+    part, p = nameable_part(spec, sl, "val")
+    assert part == "class = cow & attr_quality = clean"
+    assert p == pytest.approx(0.1 / 3)
+    # quick: 30 images with a 3-sd margin, e - 3 sqrt(e) >= 30 -> e >= 51.54 -> 51.54 / 0.0333 =
+    # 1546 -> 1600; the old sizing (whole slice) gave 51.54 / 0.1 -> 600, i.e. ~20 clean cows
+    assert min_expected(30) == pytest.approx(51.54, abs=0.01)
+    assert quick_spec(spec).sizes == {"train": 3000, "val": 1600, "test": 1600}
+
+
+def test_a_slice_whose_nameable_part_is_too_small_is_refused(tmp_path):
+    d = dict(NOT_NOISY, sizes={"train": 3000, "val": 1000, "test": 1000})
+    path = tmp_path / "cows.yaml"
+    path.write_text(yaml.safe_dump(d))
+    with pytest.raises(InputError) as err:
+        load_spec(path)
+    assert str(err.value) == (
+        "cows.yaml: sizes.val: planted slice 'cows that are not noisy' (rules[0]) can only be "
+        "found through single values, and its largest such part (class = cow & attr_quality = "
+        "clean) expects 33.3 images in split 'val' (1000 x p=0.0333); need >= 60 with a 3-sd "
+        "margin (expected >= 88.2): raise sizes.val to >= 2646 or over-sample that value in "
+        "distributions.val")

@@ -420,6 +420,28 @@ def slice_probability(spec: WorldSpec, sl: PlantedSlice, split: str) -> float:
     return p
 
 
+ABSENT = frozenset({"none"})  # values that get no CLIP tag: a search cannot name them
+
+
+def nameable_part(spec: WorldSpec, sl: PlantedSlice, split: str) -> tuple[str, float]:
+    """The largest part of a planted slice that a slice search can name, and its probability.
+
+    A search names one class and single positive values (tags), so a "not in" condition, or an
+    "in" condition with several values, is found through one of its values at a time: the part
+    is the most probable class with, per condition, its most probable value that has a tag.
+    A slice that is found must have at least one such part of ``min_size`` images."""
+    d = spec.distributions[split]
+    cls = max(sl.classes, key=lambda c: d["class"][c])
+    p, parts = d["class"][cls], [f"class = {cls}"]
+    for attr, op, values in sl.conditions:
+        allowed = [v for v in ATTRIBUTES[attr] if (v in values) == (op == "in")]
+        named = [v for v in allowed if v not in ABSENT] or allowed
+        best = max(named, key=lambda v: d[attr][v])
+        p *= d[attr][best]
+        parts.append(f"{attr} = {best}")
+    return " & ".join(parts), p
+
+
 def min_expected(min_count: int) -> float:
     """Smallest expected count e with e - MARGIN_SD * sqrt(e) >= min_count."""
     root = (MARGIN_SD + math.sqrt(MARGIN_SD**2 + 4 * min_count)) / 2
@@ -443,6 +465,16 @@ def check_slice_counts(spec: WorldSpec) -> None:
                     f"expects {n * p:.1f} images in split {split!r} ({n} x p={p:.4f}); need >= "
                     f"{spec.min_slice_count} with a {MARGIN_SD:g}-sd margin (expected >= "
                     f"{need:.1f}): {fix} or over-sample the slice in distributions.{split}")
+            part, q = nameable_part(spec, sl, split)
+            if n * q + 1e-9 < need:
+                fix = f"raise sizes.{split} to >= {math.ceil(need / q)}" if q > 0 else \
+                    f"give these values non-zero probability in distributions.{split}"
+                raise InputError(
+                    f"{spec.source}: sizes.{split}: planted slice '{sl.name}' (rules[{sl.rule}]) "
+                    f"can only be found through single values, and its largest such part "
+                    f"({part}) expects {n * q:.1f} images in split {split!r} ({n} x p={q:.4f}); "
+                    f"need >= {spec.min_slice_count} with a {MARGIN_SD:g}-sd margin (expected >= "
+                    f"{need:.1f}): {fix} or over-sample that value in distributions.{split}")
 
 
 # ---------------------------------------------------------------- hashing

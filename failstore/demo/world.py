@@ -40,6 +40,7 @@ from failstore.demo.spec import (
     WorldSpec,
     load_spec,
     min_expected,
+    nameable_part,
     planted_slices,
     resolve_rule_dist,
     slice_probability,
@@ -103,14 +104,16 @@ def default_spec(quick: bool = False) -> WorldSpec:
 
 def quick_spec(spec: WorldSpec, train_size: int = 3000, min_slice_count: int = 30) -> WorldSpec:
     """A smaller world: other splits capped at ``train_size``, evaluation splits cut to the
-    smallest multiple of 100 that still gives every planted slice ``min_slice_count`` images
-    (with the same 3-sd margin)."""
+    smallest multiple of 100 that still gives every planted slice's largest nameable part
+    (``nameable_part``: what a slice search can name with single values) ``min_slice_count``
+    images (with the same 3-sd margin)."""
     d = spec.to_dict()
     need = min_expected(min_slice_count)
     slices = planted_slices(spec)
     for split, n in spec.sizes.items():
         if split in spec.eval_splits:
-            ps = [slice_probability(spec, sl, split) for sl in slices]
+            ps = [min(slice_probability(spec, sl, split), nameable_part(spec, sl, split)[1])
+                  for sl in slices]
             lo = max([math.ceil(need / p / 100) * 100 for p in ps if p > 0], default=100)
             d["sizes"][split] = min(n, lo)
         else:
