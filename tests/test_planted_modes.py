@@ -55,6 +55,8 @@ def test_figures_per_split_are_counted_exactly():
     assert val.ratio == pytest.approx(0.6 / (26 / 60))  # 1.38x: short of 2x
     assert not val.learned
     assert test.ratio == pytest.approx(0.7 / 0.4) and not test.learned  # 1.75x
+    assert broken_promises(modes)[0].endswith("(ratio 1.7x) on test; the world promises >= 2x "
+                                              "the class's error rate and >= 0.3")
     assert (val.ci_low, val.ci_high) == pytest.approx(wilson(24, 40))
     assert val.rule_text == ("cows are black (train): when class = cow, set attr_color = black 1")
     assert learned(modes) == {"cows that are not black": False}
@@ -67,13 +69,18 @@ def test_a_rule_takes_at_2x_and_0_3_on_every_split():
     assert broken_promises(took) == []
     low = build(arrays("val", (90, 0), (10, 2)), arrays("test", (90, 0), (10, 2)))
     assert low[0].ratio == pytest.approx(10.0) and not low[0].learned  # 10x, but 0.2 < 0.3
+    # the promise is judged on test; val is measured and shown, not judged
     one = build(arrays("val", (30, 1), (30, 24)), arrays("test", (30, 0), (30, 24)))
     assert [m.learned for m in one] == [False, True]  # val: 0.8 vs 25/60 = 1.92x
-    (msg,) = broken_promises(one)
+    assert learned(one) == {"cows that are not black": True} and broken_promises(one) == []
+    two = build(arrays("val", (30, 0), (30, 24)), arrays("test", (30, 1), (30, 24)))
+    assert learned(two) == {"cows that are not black": False}
+    assert learned(two, split="val") == {"cows that are not black": True}
+    (msg,) = broken_promises(two)
     assert msg == (
         "rule 0 (cows are black (train): when class = cow, set attr_color = black 1) did not "
         "take: 'cows that are not black' errs at 0.80 (95 % CI 0.63..0.90, 30 images) against "
-        "the class's 0.42 (ratio 1.9x) on val; the world promises >= 2x the class's error rate "
+        "the class's 0.42 (ratio 1.9x) on test; the world promises >= 2x the class's error rate "
         "and >= 0.3")
 
 

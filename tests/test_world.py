@@ -378,3 +378,17 @@ def test_a_slice_whose_nameable_part_is_too_small_is_refused(tmp_path):
         "clean) expects 33.3 images in split 'val' (1000 x p=0.0333); need >= 60 with a 3-sd "
         "margin (expected >= 88.2): raise sizes.val to >= 2646 or over-sample that value in "
         "distributions.val")
+
+
+def test_a_slice_that_is_most_of_its_class_is_refused(tmp_path):
+    """A slice that is 75 % of its class can err at most 1/0.75 = 1.33x as often as the class."""
+    d = dict(NOT_NOISY, distributions={})  # uniform quality: not noisy = 3/4 of every class
+    path = tmp_path / "cows.yaml"
+    path.write_text(yaml.safe_dump(d))
+    with pytest.raises(InputError) as err:
+        load_spec(path)
+    assert str(err.value) == (
+        "cows.yaml: distributions.val: planted slice 'cows that are not noisy' (rules[0]) is 75% "
+        "of its class in split 'val'; a slice can only err at 2x its class's rate if it is a "
+        "small part of it (at most 45%): in distributions.val, give the values outside the slice "
+        "more probability")

@@ -24,9 +24,10 @@ from failstore.demo.silhouettes import CLASSES as ALL_CLASSES
 from failstore.demo.silhouettes import silhouette_source
 from failstore.errors import InputError
 
-GENERATOR_VERSION = "demo-world-3"
+GENERATOR_VERSION = "demo-world-4"  # 4: class rules draw victims, set rules exclusive
 WILDCARD = "*"
 MARGIN_SD = 3.0  # a planted slice's expected count must exceed the minimum by 3 sd
+MAX_SHARE = 0.45  # a planted slice's share of its class in an eval split (2x needs < 0.5)
 
 # Attribute name -> its values (the renderer knows how to draw each of them).
 ATTRIBUTES: dict[str, tuple[str, ...]] = {
@@ -381,6 +382,12 @@ def resolve_rule_dist(spec: WorldSpec, rule: Rule, split: str, key: str) -> Dist
                       f"rules[{rule.index}]")
 
 
+def victims(spec: WorldSpec, rule: Rule) -> tuple[str, ...]:
+    """A ``class`` rule's victims: ``slice_classes``, else the classes it gives probability 0."""
+    dist = resolve_rule_dist(spec, rule, rule.splits[0], "class")
+    return rule.slice_classes or tuple(c for c in spec.classes if dist[c] == 0)
+
+
 def planted_slices(spec: WorldSpec) -> list[PlantedSlice]:
     """For each rule, the slice of evaluation images on which it should cause failures."""
     out: list[PlantedSlice] = []
@@ -388,12 +395,11 @@ def planted_slices(spec: WorldSpec) -> list[PlantedSlice]:
         split = rule.splits[0]
         conds = tuple((a, "in", vs) for a, vs in rule.when.items() if a != "class")
         if rule.kind == "class":
-            dist = resolve_rule_dist(spec, rule, split, "class")
-            victims = rule.slice_classes or tuple(c for c in spec.classes if dist[c] == 0)
-            if victims and conds:
-                name = rule.slice_name or f"{'/'.join(victims)} with " + " & ".join(
+            hit = victims(spec, rule)
+            if hit and conds:
+                name = rule.slice_name or f"{'/'.join(hit)} with " + " & ".join(
                     f"{a}={'|'.join(vs)}" for a, _, vs in conds)
-                out.append(PlantedSlice(name, rule.index, victims, conds))
+                out.append(PlantedSlice(name, rule.index, hit, conds))
             continue
         if "class" not in rule.when:
             continue  # shapes a distribution without tying it to a class: no failure planted
@@ -475,6 +481,14 @@ def check_slice_counts(spec: WorldSpec) -> None:
                     f"({part}) expects {n * q:.1f} images in split {split!r} ({n} x p={q:.4f}); "
                     f"need >= {spec.min_slice_count} with a {MARGIN_SD:g}-sd margin (expected >= "
                     f"{need:.1f}): {fix} or over-sample that value in distributions.{split}")
+            share = p / sum(spec.distributions[split]["class"][c] for c in sl.classes)
+            if share > MAX_SHARE + 1e-9:
+                raise InputError(
+                    f"{spec.source}: distributions.{split}: planted slice '{sl.name}' "
+                    f"(rules[{sl.rule}]) is {share:.0%} of its class in split {split!r}; a slice "
+                    f"can only err at 2x its class's rate if it is a small part of it (at most "
+                    f"{MAX_SHARE:.0%}): in distributions.{split}, give the values outside the "
+                    "slice more probability")
 
 
 # ---------------------------------------------------------------- hashing
