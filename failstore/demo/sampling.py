@@ -2,7 +2,8 @@
 
 Per split (see docs/demo-world.md): class and attributes are drawn independently from the
 split's distributions; the ``set`` rules' values are made rare outside their class
-(``exclusive_rate``) unless the spec shapes that attribute there itself; every ``set`` rule, in
+(``exclusive_rate``) and their animals drawn with look-alike silhouettes of the nearest other
+class, unless the spec shapes that attribute there itself; every ``set`` rule, in
 order, re-draws its attributes on the images matching its ``when``; then every ``class`` rule, in
 order, re-draws the class of the images matching its ``when`` and, for images whose class changed,
 re-draws the attributes the rule does not pin. A ``class`` rule without ``looks_like`` marks its
@@ -46,16 +47,25 @@ def _apply_set_rules(spec: WorldSpec, rules: list[Rule], split: str,
             codes[attr][sel] = _draw(rng, p, sel.size)
 
 
+VICTIM_SHARE = 0.0  # share of a class rule's animals drawn as its victims (else as they were)
 EXCLUSIVE = 0.75  # a set rule's values are made rare enough outside its class: P(class | value)
+
+
+def strengthened(spec: WorldSpec, rule: Rule, split: str) -> bool:
+    """A ``set`` rule that names a class is strengthened in ``split`` (its values made rare
+    outside the class, its animals drawn with look-alike silhouettes) unless the spec shapes the
+    distribution of one of its attributes in ``split`` itself (anything but uniform): such a
+    spec is taken at its word."""
+    dists = spec.distributions[split]
+    return "class" in rule.when and all(len(set(dists[a].values())) == 1 for a in rule.set)
 
 
 def exclusive_rate(spec: WorldSpec, rule: Rule, split: str, attr: str) -> float | None:
     """The probability of a ``set`` rule's over-represented values for the *other* classes
     that makes P(rule's class | those values) = ``EXCLUSIVE`` in ``split``, or None when the
-    rule is left as written: it names no class, the spec shapes ``attr``'s distribution in
-    ``split`` itself (not uniform), or the values are already that rare."""
+    rule is not ``strengthened`` or the values are already that rare."""
     d = spec.distributions[split][attr]
-    if "class" not in rule.when or len(set(d.values())) > 1:
+    if not strengthened(spec, rule, split):
         return None
     dist = resolve_rule_dist(spec, rule, split, attr)
     over = [v for v in ATTRIBUTES[attr] if dist[v] > d[v] + 1e-12]
@@ -91,11 +101,13 @@ def sample_split(spec: WorldSpec, split: str, n: int,
                  rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Codes (indices into the values) of "class" and every attribute for ``n`` images,
     ``"look"``: the index of the ``looks_like`` class rule that assigned the class, else -1, and
-    ``"mimic"``: the index of the class rule (without ``looks_like``) whose animals are drawn
-    as its victims, else -1."""
+    ``"shape"``: the class whose silhouette an animal relabelled by a class rule (without
+    ``looks_like``) is drawn with, else -1, and ``"alike"``: the index of the strengthened set
+    rule (see ``exclusive_rate``) whose animals are drawn with the silhouettes of their class
+    that look most like the nearest other class, else -1."""
     codes = {k: _draw(rng, spec.probs(split, k), n) for k in ("class", *ATTRIBUTES)}
     codes["look"] = np.full(n, -1, dtype=np.int64)
-    codes["mimic"] = np.full(n, -1, dtype=np.int64)
+    codes["shape"] = np.full(n, -1, dtype=np.int64)
     rules = [r for r in spec.rules if split in r.splits]
     set_rules = [r for r in rules if r.kind == "set"]
     _make_exclusive(spec, set_rules, split, codes, rng)
@@ -106,15 +118,23 @@ def sample_split(spec: WorldSpec, split: str, n: int,
             continue
         dist = resolve_rule_dist(spec, rule, split, "class")
         new = _draw(rng, np.array([dist[c] for c in spec.classes]), sel.size)
-        changed = sel[new != codes["class"][sel]]
+        before = codes["class"][sel].copy()
+        changed = sel[new != before]
         codes["class"][sel] = new
+        hit = victims(spec, rule)
         if rule.looks_like:
             codes["look"][sel] = rule.index
-        elif victims(spec, rule):
-            codes["mimic"][sel] = rule.index
+        elif hit:  # relabelled: drawn as the animal it was, or as a victim (VICTIM_SHARE)
+            pick = rng.random(sel.size) < VICTIM_SHARE
+            as_victim = _codes(spec.classes, hit)[rng.integers(0, len(hit), sel.size)]
+            codes["shape"][sel] = np.where(pick, as_victim, before)
         pinned = frozenset(rule.when)
         for attr in ATTRIBUTES:
             if attr not in pinned:
                 codes[attr][changed] = _draw(rng, spec.probs(split, attr), changed.size)
         _apply_set_rules(spec, set_rules, split, codes, changed, rng, pinned)
+    codes["alike"] = np.full(n, -1, dtype=np.int64)
+    for rule in set_rules:
+        if strengthened(spec, rule, split):
+            codes["alike"][_matching(spec, rule, codes, np.arange(n))] = rule.index
     return codes

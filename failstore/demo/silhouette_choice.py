@@ -81,6 +81,14 @@ def suitability(bank: SilhouetteBank, classes: tuple[str, ...], cls: str,
     return own - (others.max(axis=1) if others.shape[1] else 0.0)
 
 
+@lru_cache(maxsize=64)
+def nearest_class(bank: SilhouetteBank, classes: tuple[str, ...], cls: str) -> str:
+    """The other class whose mean mask ``cls``'s silhouettes resemble most (on average)."""
+    sims = similarity(bank, classes)[cls].mean(axis=0)
+    sims[classes.index(cls)] = -np.inf
+    return classes[int(np.argmax(sims))]
+
+
 def candidates(spec: WorldSpec, bank: SilhouetteBank, cls: str, lo: int, hi: int,
                 like: tuple[str, ...] = ()) -> np.ndarray:
     """The silhouette indices in ``[lo, hi)`` a split draws from: the best-scoring

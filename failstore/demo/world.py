@@ -29,7 +29,13 @@ from failstore.demo.backgrounds import (
     render_backgrounds,
 )  # fmt: skip
 from failstore.demo.sampling import sample_split
-from failstore.demo.silhouette_choice import animal_patch, candidates, filled_masks, pool_range
+from failstore.demo.silhouette_choice import (
+    animal_patch,
+    candidates,
+    filled_masks,
+    nearest_class,
+    pool_range,
+)  # fmt: skip
 from failstore.demo.silhouettes import SilhouetteBank, load_bank
 from failstore.demo.spec import (
     ATTRIBUTES,
@@ -41,7 +47,6 @@ from failstore.demo.spec import (
     planted_slices,
     slice_probability,
     spec_hash,
-    victims,
 )  # fmt: skip
 
 SIZE_FRACTION = {"small": 0.40, "medium": 0.56, "large": 0.74}
@@ -154,15 +159,15 @@ def _render_split(spec: WorldSpec, split: str, codes: dict[str, np.ndarray],
         for i in range(start, stop):
             r, img = u[i], chunk[i - start]
             cls = spec.classes[codes["class"][i]]
-            mimic = int(codes["mimic"][i])
-            if mimic >= 0:  # drawn as one of the rule's victims: only the context tells
-                hit = victims(spec, spec.rules[mimic])
-                cls = hit[int(r[8] * len(hit))]
+            if codes["shape"][i] >= 0:  # relabelled by a class rule: drawn as the animal it was
+                cls = spec.classes[codes["shape"][i]]
             drawn[i] = cls
             silhouettes = bank.images[cls]
             lo, hi = pool_range(spec, split, silhouettes.shape[0])
             look = int(codes["look"][i])
             like = spec.rules[look].looks_like or () if look >= 0 else ()
+            if codes["alike"][i] >= 0:  # a strengthened set rule: shape alone is ambiguous
+                like = (nearest_class(bank, spec.classes, cls),)
             cands = candidates(spec, bank, cls, lo, hi, like)
             instance[i] = cands[int(r[0] * len(cands))]
             gray, filled = silhouettes[instance[i]], filled_masks(bank, cls)[instance[i]]
