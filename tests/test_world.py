@@ -392,3 +392,50 @@ def test_a_slice_that_is_most_of_its_class_is_refused(tmp_path):
         "of its class in split 'val'; a slice can only err at 2x its class's rate if it is a "
         "small part of it (at most 45%): in distributions.val, give the values outside the slice "
         "more probability")
+
+
+def test_strengthened_set_rule_makes_its_values_rare_outside_its_class():
+    """Issue 18: a set rule whose attribute the spec leaves uniform in train gets its values
+    made rare outside its class, P(class | values) = 0.75, and its animals look-alike
+    silhouettes; the default spec shapes water and brown itself and is taken at its word."""
+    from failstore.demo.sampling import EXCLUSIVE, exclusive_rate, sample_split, strengthened
+    from failstore.demo.world import _split_seed
+
+    spec = load_spec({
+        "name": "giraffes", "classes": ["bear", "cow", "giraffe", "bird", "elephant"],
+        "sizes": {"train": 20000, "test": 100}, "eval_splits": ["test"], "min_slice_count": 0,
+        "rules": [{"when": {"class": "giraffe"}, "set": {"attr_color": {"orange": 1.0}}}],
+    })  # fmt: skip
+    rule = spec.rules[0]
+    assert strengthened(spec, rule, "train")
+    # P(giraffe) = 0.2, P(orange | giraffe) = 1: q = 0.2 x 1 x 0.25 / (0.75 x 0.8) = 1/12
+    assert exclusive_rate(spec, rule, "train", "attr_color") == pytest.approx(1 / 12)
+    codes = sample_split(spec, "train", 20000, _split_seed(spec, "train", 0))
+    giraffe = codes["class"] == spec.classes.index("giraffe")
+    orange = codes["attr_color"] == ATTRIBUTES["attr_color"].index("orange")
+    assert _rate(orange, ~giraffe) == pytest.approx(1 / 12, abs=0.01)
+    assert _rate(giraffe, orange) == pytest.approx(EXCLUSIVE, abs=0.02)
+    assert (codes["alike"][giraffe] == 0).all() and (codes["alike"][~giraffe] == -1).all()
+    default = default_spec()
+    assert not any(strengthened(default, r, "train") for r in default.rules if r.kind == "set")
+
+
+def test_a_class_rule_relabels_the_animals_of_its_region():
+    """Without looks_like, the region's animals keep the silhouette of the class they had and
+    take the rule's class as label: cow-shaped bears, giraffe-shaped bears ..."""
+    from failstore.demo.sampling import sample_split
+    from failstore.demo.world import _split_seed
+
+    spec = load_spec({
+        "name": "bears", "classes": ["bear", "cow", "giraffe", "bird", "elephant"],
+        "sizes": {"train": 20000, "test": 100}, "eval_splits": ["test"], "min_slice_count": 0,
+        "rules": [{"when": {"attr_size": "large", "attr_color": "black"},
+                   "class": {"bear": 1.0}, "slice_classes": ["cow"]}],
+    })  # fmt: skip
+    codes = sample_split(spec, "train", 20000, _split_seed(spec, "train", 0))
+    region = (codes["attr_size"] == 2) & (codes["attr_color"] == 1)  # large, black
+    assert (codes["class"][region] == 0).all() and region.sum() > 1000  # all bears
+    shapes = codes["shape"][region]
+    assert (shapes >= 0).all() and (codes["shape"][~region] == -1).all()
+    # drawn as the class they had: uniform over the five classes
+    assert np.bincount(shapes, minlength=5) / shapes.size == pytest.approx([0.2] * 5, abs=0.03)

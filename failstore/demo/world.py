@@ -30,11 +30,13 @@ from failstore.demo.backgrounds import (
 )  # fmt: skip
 from failstore.demo.sampling import sample_split
 from failstore.demo.silhouette_choice import (
+    DISTINCT,
     animal_patch,
     candidates,
     filled_masks,
     nearest_class,
     pool_range,
+    shape_margin,
 )  # fmt: skip
 from failstore.demo.silhouettes import SilhouetteBank, load_bank
 from failstore.demo.spec import (
@@ -166,8 +168,8 @@ def _render_split(spec: WorldSpec, split: str, codes: dict[str, np.ndarray],
             lo, hi = pool_range(spec, split, silhouettes.shape[0])
             look = int(codes["look"][i])
             like = spec.rules[look].looks_like or () if look >= 0 else ()
-            if codes["alike"][i] >= 0:  # a strengthened set rule: shape alone is ambiguous
-                like = (nearest_class(bank, spec.classes, cls),)
+            if codes["alike"][i] >= 0 and shape_margin(bank, spec.classes, cls) >= DISTINCT:
+                like = (nearest_class(bank, spec.classes, cls),)  # shape alone is ambiguous
             cands = candidates(spec, bank, cls, lo, hi, like)
             instance[i] = cands[int(r[0] * len(cands))]
             gray, filled = silhouettes[instance[i]], filled_masks(bank, cls)[instance[i]]
