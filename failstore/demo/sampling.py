@@ -1,13 +1,14 @@
 """Sampling a split of the demo world: class and attributes per image, then the planted rules.
 
 Per split (see docs/demo-world.md): class and attributes are drawn independently from the
-split's distributions; the ``set`` rules' values are made rare outside their class
-(``exclusive_rate``) and their animals drawn with look-alike silhouettes of the nearest other
-class, unless the spec shapes that attribute there itself; every ``set`` rule, in
-order, re-draws its attributes on the images matching its ``when``; then every ``class`` rule, in
-order, re-draws the class of the images matching its ``when`` and, for images whose class changed,
-re-draws the attributes the rule does not pin. A ``class`` rule without ``looks_like`` marks its
-animals to be drawn as its victims (``"mimic"``).
+split's distributions; a ``set`` rule that names a class and whose attributes the spec leaves
+uniform in the split is *strengthened*: its values are made rare outside its class
+(``exclusive_rate``) and its animals marked for look-alike silhouettes (``"alike"``; the renderer
+uses them for shape-distinct classes only); every ``set`` rule, in order, re-draws its attributes
+on the images matching its ``when``; then every ``class`` rule, in order, re-draws the class of
+the images matching its ``when`` and, for images whose class changed, re-draws the attributes
+the rule does not pin. A ``class`` rule without ``looks_like`` relabels: its animals keep the
+shape of the class they had (``"shape"``).
 """
 
 from __future__ import annotations
