@@ -1,6 +1,7 @@
 """Small worlds written as a user would, over other classes than the default world's, each with
 one planted rule of another kind: a colour rule, a class rule on a two-attribute combination
-(size and colour), a background rule and a position rule (issue 18).
+(size and colour), a background rule, a position rule, an object rule and a quality rule
+(issue 18).
 
 One rule per world: the eval splits over-sample the values a rule needs, and a shortcut
 over-sampled in an eval split makes *every* class that meets it fail a little (orange cows are
@@ -52,4 +53,18 @@ POSITION = _world(
      "class": {"bird": 1.0}, "slice_classes": ["cat"], "slice_name": "cats at the top"},
 )  # fmt: skip
 
-WORLDS = {w["name"]: w for w in (COLOUR, COMBINATION, BACKGROUND, POSITION)}
+OBJECT = _world(
+    "elephants-by-trees", 15, ["zebra", "elephant", "cat", "bird", "giraffe"],
+    {"class": {"elephant": 0.3, "*": 0.7}, "attr_object": {"tree": 0.7, "rock": 0.3}},
+    {"name": "elephants stand by trees", "when": {"class": "elephant"},
+     "set": {"attr_object": {"tree": 1.0}}, "slice_name": "elephants without a tree"},
+)  # fmt: skip
+
+QUALITY = _world(
+    "blurry-bears", 16, ["bear", "sheep", "bird", "giraffe", "elephant"],
+    {"class": {"sheep": 0.3, "*": 0.7}, "attr_quality": {"blurry": 0.25, "*": 0.75}},
+    {"name": "blurry animals are bears", "when": {"attr_quality": "blurry"},
+     "class": {"bear": 1.0}, "slice_classes": ["sheep"], "slice_name": "blurry sheep"},
+)  # fmt: skip
+
+WORLDS = {w["name"]: w for w in (COLOUR, COMBINATION, BACKGROUND, POSITION, OBJECT, QUALITY)}

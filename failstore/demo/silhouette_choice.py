@@ -81,7 +81,7 @@ def suitability(bank: SilhouetteBank, classes: tuple[str, ...], cls: str,
     return own - (others.max(axis=1) if others.shape[1] else 0.0)
 
 
-DISTINCT = 0.2  # a class whose typical silhouettes stand apart by this margin needs look-alikes
+DISTINCT = 0.15  # a class whose typical silhouettes stand apart by this margin needs look-alikes
 
 
 @lru_cache(maxsize=64)
