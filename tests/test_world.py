@@ -439,3 +439,22 @@ def test_a_class_rule_relabels_the_animals_of_its_region():
     assert (shapes >= 0).all() and (codes["shape"][~region] == -1).all()
     # drawn as the class they had: uniform over the five classes
     assert np.bincount(shapes, minlength=5) / shapes.size == pytest.approx([0.2] * 5, abs=0.03)
+
+
+def test_shape_margin_tells_shape_distinct_classes():
+    """Look-alike silhouettes go to classes told apart by shape (giraffe, elephant), not to
+    those that took without them (cow, bird, horse); values measured on Animal-MNIST."""
+    from failstore.demo.silhouette_choice import DISTINCT, nearest_class, shape_margin
+
+    bank = load_bank("auto")
+    if not bank.source.startswith("animal-mnist"):
+        pytest.skip("measured on Animal-MNIST silhouettes")
+    five = ("bear", "cow", "giraffe", "bird", "elephant")
+    assert shape_margin(bank, five, "giraffe") == pytest.approx(0.3235, abs=1e-3)
+    assert shape_margin(bank, ("cow", "bird", "zebra", "elephant", "bear"), "cow") < 0.05
+    default = tuple(default_spec().classes)
+    assert max(shape_margin(bank, default, c) for c in ("bird", "horse")) < DISTINCT
+    assert shape_margin(bank, ("zebra", "elephant", "cat", "bird", "giraffe"),
+                        "elephant") >= DISTINCT
+    assert nearest_class(bank, ("bear", "cow", "giraffe", "sheep", "zebra", "elephant"),
+                         "giraffe") == "zebra"
