@@ -18,6 +18,7 @@ from failstore.cli.commands_demo import print_report
 from failstore.demo.barlow_findings import LeafFinding
 from failstore.demo.ces_findings import CesFinding
 from failstore.demo.findings import Finding
+from failstore.demo.planted_modes import PlantedMode
 from failstore.demo.run import DemoResult, dumps
 from failstore.store import MARKER
 
@@ -34,9 +35,10 @@ def finding(planted: str, cls: str, rank: int | None, tags: list[str], **kw: Any
 
 
 DOGS_CLIP = finding("dogs on snow", "dog", 1, ["small", "snow"], error_rate=0.625,
-                    class_error_rate=0.2, holds=True, eval_error_rate=0.6)  # fmt: skip
+                    class_error_rate=0.2, holds=True, eval_error_rate=0.6, covered=30,
+                    planted_size=48, covered_errors=21, planted_errors=28)  # fmt: skip
 BIRDS_CLIP = finding("birds on sand", "bird", None, [], size=None, class_error_rate=0.1,
-                     sql="SELECT 1")  # fmt: skip
+                     sql="SELECT 1", planted_size=90, planted_errors=9)  # fmt: skip
 DOGS_BARLOW = LeafFinding(
     "dogs on snow", "dog", True, 2, "feature 3 > 0.5", "snow, small", 0.75, 0.5, 0.9, 0.6,
     True, "SELECT 1",
@@ -45,6 +47,24 @@ BIRDS_BARLOW = LeafFinding("birds on sand", "bird", False, None, None, None, Non
                            None, False, None)  # fmt: skip
 DOGS_ATTR = finding("dogs on snow", "dog", 2, ["attr_size=small"], error_rate=0.5,
                     class_error_rate=0.2, holds=False, eval_error_rate=0.25)  # fmt: skip
+DOGS_RULE = "small animals on snow are cats (train): when attr_size = small, set class = cat 1"
+BIRDS_RULE = "birds live on sand (train): when class = bird, set attr_background = sand 1"
+MODES = [
+    PlantedMode("dogs on snow", 1, DOGS_RULE, "dog", "val", 48, 28, 28 / 48, 0.44, 0.71, 300,
+                0.2, 28 / 48 / 0.2, True),
+    PlantedMode("dogs on snow", 1, DOGS_RULE, "dog", "test", 50, 31, 0.62, 0.48, 0.74, 310,
+                0.21, 0.62 / 0.21, True),
+    PlantedMode("birds on sand", 0, BIRDS_RULE, "bird", "val", 90, 9, 0.1, 0.05, 0.18, 200, 0.1,
+                1.0, False),
+    PlantedMode("birds on sand", 0, BIRDS_RULE, "bird", "test", 88, 8, 8 / 88, 0.05, 0.17, 210,
+                0.08, 8 / 88 / 0.08, False),
+]
+BROKEN = (
+    "warning: rule 0 (birds live on sand (train): when class = bird, set attr_background = sand "
+    "1) did not take: 'birds on sand' errs at 0.09 (95 % CI 0.05..0.17, 88 images) against the "
+    "class's 0.08 (ratio 1.1x) on test; the world promises >= 2x the class's error rate and "
+    ">= 0.3\n"
+)
 
 
 def canned(store: Path = Path("/stores/demo")) -> DemoResult:
@@ -78,6 +98,7 @@ def canned(store: Path = Path("/stores/demo")) -> DemoResult:
         seconds={"total": 1.0},
         barlow=[DOGS_BARLOW, BIRDS_BARLOW],
         ces=[CesFinding("dogs on snow", 12, 0.9166, 1.0, 2, 0.25)],
+        planted_modes=MODES,
         report=Path("/stores/demo-report/index.html"),
     )
 
@@ -90,6 +111,11 @@ TEXT_LINES = [
     "--robust /m/robust.pt",
     "planted failure modes vs. slices found (CLIP tags; searched on val, checked on test)",
     "planted failure modes vs. slices found (attribute columns; searched on val, checked on test)",
+    "planted failure modes: did each rule take? (>= 2x class error, >= 0.30)",
+    "planted failure modes: outcomes",
+    "found: the rule took and a slice names it (its rank in the class); missed: the rule took "
+    "but no slice names it (an analysis miss);",
+    "not learned: the target does not fail there as promised (a world miss)",
     "planted failure modes vs. Barlow leaves (robust features, val, depth 2)",
     "purity: share of the leaf's failures in the mode; recall: share of the mode's failures in "
     "the leaf; explains: purity >= 0.6 and the description names the cause",
@@ -101,13 +127,24 @@ TEXT_LINES = [
     "browse: failstore --store /stores/demo serve",
     "report: file:///stores/demo-report/index.html",
 ]
-HEADER = ["planted mode", "slice found", "rank", "error rate", "class error rate", "holds on test"]
+HEADER = ["planted mode", "slice found", "rank", "error rate", "class error rate", "holds on test",
+          "covers (of planted)", "covers (of its errors)"]
 TABLE_ROWS = [
     HEADER,
-    ["dogs on snow", "dog: small + snow", "1", "0.62", "0.20", "yes"],
-    ["birds on sand", "not found", "-", "-", "0.10", "-"],
+    ["dogs on snow", "dog: small + snow", "1", "0.62", "0.20", "yes", "30/48 (62%)",
+     "21/28 (75%)"],
+    ["birds on sand", "not found", "-", "-", "0.10", "-", "-", "-"],
     HEADER,
-    ["dogs on snow", "dog: attr_size=small", "2", "0.50", "0.20", "no"],
+    ["dogs on snow", "dog: attr_size=small", "2", "0.50", "0.20", "no", "-", "-"],
+    ["planted mode", "split", "images", "error rate", "95 % interval", "class error rate",
+     "ratio", "took"],
+    ["dogs on snow", "val", "48", "0.58", "0.44 .. 0.71", "0.20", "2.9x", "yes"],
+    ["dogs on snow", "test", "50", "0.62", "0.48 .. 0.74", "0.21", "3.0x", "yes"],
+    ["birds on sand", "val", "90", "0.10", "0.05 .. 0.18", "0.10", "1.0x", "no"],
+    ["birds on sand", "test", "88", "0.09", "0.05 .. 0.17", "0.08", "1.1x", "no"],
+    ["planted mode", "with CLIP tags", "with attribute columns"],
+    ["dogs on snow", "found (rank 1)", "found (rank 2)"],
+    ["birds on sand", "not learned", "not learned"],
     ["planted mode", "best valid leaf", "ER", "EC", "description", "purity", "recall", "explains"],
     ["dogs on snow", "dog: feature 3 > 0.5", "0.75", "0.50", "snow, small", "0.90", "0.60", "yes"],
     ["birds on sand", "no valid leaf", "-", "-", "-", "-", "-", "no"],
@@ -180,8 +217,8 @@ def test_demo_command_prints_the_report(
     code = call("--store", str(tmp_path / "s"), "demo", "--world", str(world), "--quick",
                 "--workers", "0")  # fmt: skip
     out, err = capsys.readouterr()
-    assert code == 0
-    assert err == "world: reusing /cache/demo/x/world\n"  # progress goes to stderr
+    assert code == 0  # a rule that did not take is a warning, at the end, without --strict
+    assert err == "world: reusing /cache/demo/x/world\n" + BROKEN  # progress goes to stderr
     assert split_report(out) == (TEXT_LINES, TABLE_ROWS)
     (kwargs,) = fake_run_demo
     assert kwargs["store_path"] == tmp_path / "s"
@@ -196,7 +233,7 @@ def test_demo_command_json(
     assert call("demo", "--format", "json") == 0
     out, err = capsys.readouterr()
     assert out == dumps(canned()) + "\n"
-    assert err == "world: reusing /cache/demo/x/world\n"
+    assert err == "world: reusing /cache/demo/x/world\n" + BROKEN
     data = json.loads(out)
     assert data["metrics"]["robust"]["adv_accuracy"] == 0.4567
     assert [f["planted"] for f in data["findings"]] == ["dogs on snow", "birds on sand"]
@@ -205,6 +242,33 @@ def test_demo_command_json(
     assert (kwargs["store_path"], kwargs["world"], kwargs["quick"]) == (None, None, False)
     assert kwargs["workers"] is None
     assert data["report"] == "/stores/demo-report/index.html"
+
+
+def test_demo_strict_exits_1_when_a_rule_did_not_take(
+    fake_run_demo: list[dict[str, Any]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert call("demo", "--format", "json", "--strict") == 1
+    out, err = capsys.readouterr()
+    assert err == ("world: reusing /cache/demo/x/world\n" + BROKEN
+                   + "error: 1 planted rule(s) did not take (--strict)\n")
+    data = json.loads(out)
+    assert data["outcomes"] == [
+        {"planted": "dogs on snow", "learned": True, "clip_tags": "found (rank 1)",
+         "attributes": "found (rank 2)"},
+        {"planted": "birds on sand", "learned": False, "clip_tags": "not learned",
+         "attributes": "not learned"},
+    ]
+    assert data["broken_promises"] == [BROKEN[len("warning: "):-1]]
+    assert [m["split"] for m in data["planted_modes"]] == ["val", "test", "val", "test"]
+
+
+def test_demo_strict_exits_0_when_every_rule_took(
+    fake_run_demo: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setattr(f"{__name__}.MODES", MODES[:2])
+    assert call("demo", "--format", "json", "--strict") == 0
+    assert capsys.readouterr().err == "world: reusing /cache/demo/x/world\n"
 
 
 @pytest.mark.parametrize(

@@ -369,3 +369,33 @@ def test_the_image_page_shows_coverage_cases_with_the_sanity_verdict_and_concept
     for r in judged:
         assert f"<td>{r['sanity']}</td>" in html and f"<td>{r['case']}</td>" in html
 
+
+
+def test_planted_modes_are_measured_stored_and_judged(demo):
+    """Issue 18: each planted slice measured on val and test, stored in `planted_modes` (equal
+    to a recount through SQL), judged on test. Measured on this quick world (generator 4 keeps
+    the default world byte-identical to generator 3): birds 0.88 vs 0.45 (1.94x) and small dogs
+    on snow 0.86 vs 0.45 (1.92x) fall just short of 2x on test (they reach 2.2x and 2.6x on
+    val), horses 0.84 vs 0.33 (2.5x) take; docs/demo-world.md."""
+    store = Store(demo.store)
+    rows = store.read("planted_modes").to_pylist()
+    assert [(r["planted"], r["split"]) for r in rows] == [
+        (name, split) for name in PLANTED for split in ("val", "test")]
+    for r in rows:
+        (got,) = run_sql(
+            store,
+            "SELECT count(*) AS n, count(*) FILTER (WHERE NOT correct) AS k FROM samples "
+            f"WHERE split = $s AND {PLANTED[r['planted']].where('label')}",
+            params={"s": r["split"]},
+        ).to_pylist()
+        assert (r["size"], r["errors"]) == (got["n"], got["k"]), r
+    took = {r["planted"]: r["learned"] for r in rows if r["split"] == "test"}
+    assert took == {"birds away from water": False, "small dogs on snow": False,
+                    "horses that are not brown": True}
+    outcomes = {o["planted"]: o for o in demo.outcomes()}
+    assert outcomes["horses that are not brown"]["clip_tags"].startswith("found (rank ")
+    assert outcomes["birds away from water"]["clip_tags"].startswith("not learned (found, rank ")
+    assert len(demo.broken_promises()) == 2
+    for f in demo.findings + demo.findings_attr:  # every mode is found; say how much of it
+        assert f.covered is not None and 0 < f.covered <= f.planted_size, f.row()
+        assert f.covered_errors is not None and f.covered_errors <= f.planted_errors, f.row()

@@ -63,6 +63,7 @@ def test_custom_world_runs_end_to_end(tmp_path, monkeypatch):
         r["role"] for r in store.read("models", ["role"]).to_pylist()
     }
     check_demo_tables(store, result.metrics)
+    check_planted_modes(store, result)
     # the static report, beside the store: every class of the world has its page
     assert result.report == (tmp_path / "store-report" / "index.html").resolve()
     index = result.report.read_text()
@@ -112,3 +113,32 @@ def check_demo_tables(store: Store, metrics: dict) -> None:
         (run_id,) = set(store.read(table, ["run_id"]).column("run_id").to_pylist())
         assert (runs[run_id]["analysis"], runs[run_id]["result_table"]) == (f"demo.{table}", table)
         assert runs[run_id]["rows"] == n
+
+
+def check_planted_modes(store: Store, result) -> None:
+    """`planted_modes`: one row per planted slice and evaluation split, equal to the result's,
+    whose counts agree with a recount through SQL over `samples`; a coverage share per found
+    slice."""
+    rows = store.read("planted_modes").to_pylist()
+    assert [(r["planted"], r["split"]) for r in rows] == [
+        ("cows off grass", "val"), ("cows off grass", "test")]
+    assert [{k: v for k, v in r.items() if k != "run_id"} for r in rows] == [
+        m.row() for m in result.planted_modes]
+    assert rows[0]["rule_text"] == ("cows live on grass (train): when class = cow, set "
+                                    "attr_background = grass 1")
+    for r in rows:
+        (got,) = run_sql(
+            store,
+            "SELECT count(*) AS n, count(*) FILTER (WHERE NOT correct) AS k FROM samples "
+            "WHERE split = $s AND label = 'cow' AND attr_background <> 'grass'",
+            params={"s": r["split"]},
+        ).to_pylist()
+        assert (r["size"], r["errors"]) == (got["n"], got["k"]) and got["n"] > 0
+        assert r["learned"] == (r["error_rate"] >= 0.3
+                                and r["error_rate"] >= 2 * r["class_error_rate"])
+    runs = {x["run_id"]: x for x in store.read("analysis_runs").to_pylist()}
+    (run_id,) = {r["run_id"] for r in rows}
+    assert runs[run_id]["analysis"] == "demo.planted_modes"
+    for f in result.findings + result.findings_attr:
+        assert f.planted_size is not None and f.planted_size > 0
+        assert (f.covered is None) == (not f.found)

@@ -61,6 +61,8 @@ def print_report(result: Any) -> None:
             "error rate",
             "class error rate",
             "holds on test",
+            "covers (of planted)",
+            "covers (of its errors)",
         ):
             t.add_column(col)
         for f in findings:
@@ -73,8 +75,11 @@ def print_report(result: Any) -> None:
                 _pct(f.error_rate),
                 _pct(f.class_error_rate),
                 holds,
+                _share(getattr(f, "covered", None), getattr(f, "planted_size", None)),
+                _share(getattr(f, "covered_errors", None), getattr(f, "planted_errors", None)),
             )
         con.print(t)
+    _planted_table(con, result)
     _barlow_table(con, result.barlow)
     _ces_table(con, result.ces)
     _coverage_tables(con, result.coverage, result.coverage_checks)
@@ -88,6 +93,41 @@ def print_report(result: Any) -> None:
     con.print(f"browse: failstore --store {store} serve", soft_wrap=True)
     if result.report is not None:
         con.print(f"report: {result.report.as_uri()}", soft_wrap=True)
+
+
+def _share(part: int | None, whole: int | None) -> str:
+    """'44/279 (16%)', or '-'."""
+    if part is None or not whole:
+        return "-"
+    return f"{part}/{whole} ({100 * part / whole:.0f}%)"
+
+
+def _planted_table(con: Any, result: Any) -> None:
+    """Did each rule take (the target fails on its slice), and was it found?"""
+    from rich.table import Table
+
+    modes = getattr(result, "planted_modes", [])
+    if not modes:
+        return
+    t = Table(title="planted failure modes: did each rule take? (>= 2x class error, >= 0.30)")
+    for col in ("planted mode", "split", "images", "error rate", "95 % interval",
+                "class error rate", "ratio", "took"):  # fmt: skip
+        t.add_column(col)
+    for m in modes:
+        ci = "-" if m.ci_low is None else f"{m.ci_low:.2f} .. {m.ci_high:.2f}"
+        ratio = "-" if m.ratio is None else f"{m.ratio:.1f}x"
+        t.add_row(m.planted, m.split, str(m.size), _pct(m.error_rate), ci,
+                  _pct(m.class_error_rate), ratio, "yes" if m.learned else "no")  # fmt: skip
+    con.print(t)
+    o = Table(title="planted failure modes: outcomes")
+    for col in ("planted mode", "with CLIP tags", "with attribute columns"):
+        o.add_column(col)
+    for row in result.outcomes():
+        o.add_row(row["planted"], row["clip_tags"], row["attributes"])
+    con.print(o)
+    con.print("found: the rule took and a slice names it (its rank in the class); missed: the "
+              "rule took but no slice names it (an analysis miss);")
+    con.print("not learned: the target does not fail there as promised (a world miss)")
 
 
 def _barlow_table(con: Any, findings: list[Any]) -> None:
@@ -185,6 +225,14 @@ def demo(
         ),
     ] = None,
     no_report: Annotated[bool, typer.Option("--no-report", help="Write no report.")] = False,
+    strict: Annotated[
+        bool,
+        typer.Option(
+            "--strict",
+            help="Exit with status 1 when a planted rule did not take (the target does not fail "
+            "on its slice at >= 2x its class's error rate and >= 0.3).",
+        ),
+    ] = False,
 ) -> None:
     """Build a world with planted failures, train its models, ingest it, report the findings.
 
@@ -214,6 +262,13 @@ def demo(
         print_report(result)
     else:
         typer.echo(dumps(result))
+    broken = result.broken_promises()
+    for msg in broken:
+        log(f"warning: {msg}")
+    if broken and strict:
+        from failstore.errors import FailstoreError
+
+        raise FailstoreError(f"{len(broken)} planted rule(s) did not take (--strict)")
 
 
 def register(app: typer.Typer) -> None:

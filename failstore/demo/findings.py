@@ -13,10 +13,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from failstore.demo.spec import ATTRIBUTES, PlantedSlice
-from failstore.store import equals, literal
+from failstore.store import Store, equals, literal
 
 
 @dataclass
@@ -32,6 +33,25 @@ class Finding:
     holds: bool | None
     eval_error_rate: float | None
     sql: str
+    # how much of the planted slice (on the searched split) the found slice covers
+    covered: int | None = None  # planted images in the found slice
+    planted_size: int | None = None  # planted images
+    covered_errors: int | None = None  # misclassified planted images in the found slice
+    planted_errors: int | None = None  # misclassified planted images
+
+    @property
+    def share(self) -> float | None:
+        """Share of the planted slice's images the found slice covers."""
+        if self.covered is None or not self.planted_size:
+            return None
+        return self.covered / self.planted_size
+
+    @property
+    def error_share(self) -> float | None:
+        """Share of the planted slice's errors the found slice covers."""
+        if self.covered_errors is None or not self.planted_errors:
+            return None
+        return self.covered_errors / self.planted_errors
 
     def row(self) -> dict[str, Any]:
         return {
@@ -46,6 +66,10 @@ class Finding:
             "holds": self.holds,
             "eval_error_rate": self.eval_error_rate,
             "sql": self.sql,
+            "covered": self.covered,
+            "planted_size": self.planted_size,
+            "covered_errors": self.covered_errors,
+            "planted_errors": self.planted_errors,
         }
 
 
@@ -142,6 +166,50 @@ def find(
             )
         )
     return out
+
+
+def in_found_slice(
+    labels: np.ndarray, tags: Sequence[Any], attributes: Mapping[str, np.ndarray], cls: str,
+    slice_tags: Sequence[str],
+) -> np.ndarray:
+    """Boolean mask of the images a found slice (class ``cls``, tags ``slice_tags``) holds:
+    ``attr=value`` tags test the attribute column, bare tags the image's ``tags`` list."""
+    m = np.asarray(labels, dtype=object) == cls
+    for tag in slice_tags:
+        if "=" in tag:
+            attr, _, value = tag.partition("=")
+            m &= np.asarray(attributes[attr], dtype=object) == value
+        else:
+            m &= np.asarray([tag in (t or ()) for t in tags], dtype=bool)
+    return m
+
+
+def add_coverage(
+    findings: Sequence[Finding], planted: Sequence[PlantedSlice], store: Store, split: str,
+    model: str,
+) -> None:
+    """Fill each finding's ``covered``/``planted_size`` (and the same for the misclassified
+    images) on ``split``: how much of its planted slice the found slice holds."""
+    cols = [a for a in ATTRIBUTES if a in store.schema("images").names]
+    images = store.read("images", ["image_id", "label", "tags", *cols],
+                        filter=equals("split", split))
+    preds = store.read("predictions", ["image_id", "correct"], filter=equals("model", model))
+    correct_of = dict(zip(preds["image_id"].to_pylist(), preds["correct"].to_pylist(),
+                          strict=True))
+    wrong = np.asarray([correct_of.get(i) is False for i in images["image_id"].to_pylist()])
+    labels = np.asarray(images["label"].to_pylist(), dtype=object)
+    attrs = {a: np.asarray(images[a].to_pylist(), dtype=object) for a in cols}
+    tags = images["tags"].to_pylist()
+    by_name = {p.name: p for p in planted}
+    for f in findings:
+        p = by_name[f.planted]
+        in_planted = p.mask(labels, attrs)
+        f.planted_size = int(in_planted.sum())
+        f.planted_errors = int((in_planted & wrong).sum())
+        if not f.found:
+            continue
+        got = in_found_slice(labels, tags, attrs, f.cls, f.tags) & in_planted
+        f.covered, f.covered_errors = int(got.sum()), int((got & wrong).sum())
 
 
 def findings_table(findings: Sequence[Finding]) -> pa.Table:

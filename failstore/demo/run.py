@@ -44,6 +44,7 @@ class DemoResult:
     coverage: list[Any] = field(default_factory=list)
     coverage_checks: list[Any] = field(default_factory=list)
     sanity: list[Any] = field(default_factory=list)
+    planted_modes: list[Any] = field(default_factory=list)  # planted_modes.PlantedMode rows
     seconds: dict[str, float] = field(default_factory=dict)
     report: Path | None = None  # index.html of the static report (failstore report)
 
@@ -63,9 +64,31 @@ class DemoResult:
             "coverage": [f.row() for f in self.coverage],
             "coverage_checks": [c.row() for c in self.coverage_checks],
             "sanity": [f.row() for f in self.sanity],
+            "planted_modes": [m.row() for m in self.planted_modes],
+            "outcomes": self.outcomes(),
+            "broken_promises": self.broken_promises(),
             "seconds": self.seconds,
             "report": None if self.report is None else str(self.report),
         }
+
+    def outcomes(self) -> list[dict[str, Any]]:
+        """Per planted mode: learned or not, and the outcome with CLIP tags and with attribute
+        columns (``found (rank r)``, ``missed``, ``not learned``; see planted_modes.py)."""
+        from failstore.demo.planted_modes import learned, outcome
+
+        ok = learned(self.planted_modes)
+        clip = {f.planted: f for f in self.findings}
+        attr = {f.planted: f for f in self.findings_attr}
+        return [{"planted": name, "learned": took,
+                 "clip_tags": outcome(took, clip.get(name)),
+                 "attributes": outcome(took, attr.get(name))}
+                for name, took in ok.items()]  # fmt: skip
+
+    def broken_promises(self) -> list[str]:
+        """One warning per planted rule that did not take (empty: the world kept its promise)."""
+        from failstore.demo.planted_modes import broken_promises
+
+        return broken_promises(self.planted_modes)
 
 
 def _world_dir(spec: Any, log: Log) -> tuple[Path, Any]:
@@ -162,9 +185,11 @@ def run_demo(
     store = Store(store_path)
     macro = _write_demo_tables(store, trained["metrics"], log)
     planted = planted_slices(spec)
+    modes = _planted_modes(store, spec, planted, log)
     findings = _slices_findings(store, planted, tags_from=None)
     attrs = sorted({a for p in planted for a, _, _ in p.conditions})
     findings_attr = _slices_findings(store, planted, tags_from=attrs)
+    _add_coverage(store, planted, findings + findings_attr)
     barlow = _barlow_findings(store, planted)
     ces = _ces_findings(store, planted)
     t4 = time.perf_counter()
@@ -201,6 +226,7 @@ def run_demo(
         coverage=coverage,
         coverage_checks=coverage_checks,
         sanity=sanity,
+        planted_modes=modes,
         report=index,
     )
 
@@ -300,6 +326,30 @@ def _write_demo_table(
         store, analysis=name, result_table=table, result=rows, schema=rows.schema,
         params=params, run_key={}, versions=versions, seconds=0.0, run_id=run_id,
     )  # fmt: skip
+
+
+def _planted_modes(store: Store, spec: Any, planted: list[Any], log: Log) -> list[Any]:
+    """Measure each planted slice on every evaluation split (did the rule take?) and write the
+    ``planted_modes`` table, stamped like an analysis run."""
+    from failstore.demo.planted_modes import PLANTED_MODES_SCHEMA, measure_store, modes_table
+    from failstore.demo.spec import spec_hash
+
+    modes = measure_store(store, spec, planted)
+    _write_demo_table(
+        store, "planted_modes", modes_table(modes).cast(PLANTED_MODES_SCHEMA),
+        params={"spec_hash": spec_hash(spec)}, reads=("images", "predictions"),
+    )  # fmt: skip
+    for m in modes:
+        log(f"planted: '{m.planted}' {m.figures()}: {'took' if m.learned else 'did not take'}")
+    return modes
+
+
+def _add_coverage(store: Store, planted: list[Any], findings: list[Any]) -> None:
+    """How much of its planted slice each found slice covers (on the searched split)."""
+    from failstore.demo.findings import add_coverage
+
+    model = store.read("models", ["name"], filter=equals("role", "target")).column("name")
+    add_coverage(findings, planted, store, EVAL_SPLIT, model[0].as_py())
 
 
 def _slices_findings(store: Store, planted: list[Any], tags_from: list[str] | None) -> list[Any]:

@@ -24,9 +24,10 @@ from failstore.demo.silhouettes import CLASSES as ALL_CLASSES
 from failstore.demo.silhouettes import silhouette_source
 from failstore.errors import InputError
 
-GENERATOR_VERSION = "demo-world-3"
+GENERATOR_VERSION = "demo-world-4"  # 4: rules strengthened (sampling.py), class rules relabel
 WILDCARD = "*"
 MARGIN_SD = 3.0  # a planted slice's expected count must exceed the minimum by 3 sd
+MAX_SHARE = 0.45  # a planted slice's share of its class in an eval split (2x needs < 0.5)
 
 # Attribute name -> its values (the renderer knows how to draw each of them).
 ATTRIBUTES: dict[str, tuple[str, ...]] = {
@@ -381,6 +382,12 @@ def resolve_rule_dist(spec: WorldSpec, rule: Rule, split: str, key: str) -> Dist
                       f"rules[{rule.index}]")
 
 
+def victims(spec: WorldSpec, rule: Rule) -> tuple[str, ...]:
+    """A ``class`` rule's victims: ``slice_classes``, else the classes it gives probability 0."""
+    dist = resolve_rule_dist(spec, rule, rule.splits[0], "class")
+    return rule.slice_classes or tuple(c for c in spec.classes if dist[c] == 0)
+
+
 def planted_slices(spec: WorldSpec) -> list[PlantedSlice]:
     """For each rule, the slice of evaluation images on which it should cause failures."""
     out: list[PlantedSlice] = []
@@ -388,12 +395,11 @@ def planted_slices(spec: WorldSpec) -> list[PlantedSlice]:
         split = rule.splits[0]
         conds = tuple((a, "in", vs) for a, vs in rule.when.items() if a != "class")
         if rule.kind == "class":
-            dist = resolve_rule_dist(spec, rule, split, "class")
-            victims = rule.slice_classes or tuple(c for c in spec.classes if dist[c] == 0)
-            if victims and conds:
-                name = rule.slice_name or f"{'/'.join(victims)} with " + " & ".join(
+            hit = victims(spec, rule)
+            if hit and conds:
+                name = rule.slice_name or f"{'/'.join(hit)} with " + " & ".join(
                     f"{a}={'|'.join(vs)}" for a, _, vs in conds)
-                out.append(PlantedSlice(name, rule.index, victims, conds))
+                out.append(PlantedSlice(name, rule.index, hit, conds))
             continue
         if "class" not in rule.when:
             continue  # shapes a distribution without tying it to a class: no failure planted
@@ -420,6 +426,28 @@ def slice_probability(spec: WorldSpec, sl: PlantedSlice, split: str) -> float:
     return p
 
 
+ABSENT = frozenset({"none"})  # values that get no CLIP tag: a search cannot name them
+
+
+def nameable_part(spec: WorldSpec, sl: PlantedSlice, split: str) -> tuple[str, float]:
+    """The largest part of a planted slice that a slice search can name, and its probability.
+
+    A search names one class and single positive values (tags), so a "not in" condition, or an
+    "in" condition with several values, is found through one of its values at a time: the part
+    is the most probable class with, per condition, its most probable value that has a tag.
+    A slice that is found must have at least one such part of ``min_size`` images."""
+    d = spec.distributions[split]
+    cls = max(sl.classes, key=lambda c: d["class"][c])
+    p, parts = d["class"][cls], [f"class = {cls}"]
+    for attr, op, values in sl.conditions:
+        allowed = [v for v in ATTRIBUTES[attr] if (v in values) == (op == "in")]
+        named = [v for v in allowed if v not in ABSENT] or allowed
+        best = max(named, key=lambda v: d[attr][v])
+        p *= d[attr][best]
+        parts.append(f"{attr} = {best}")
+    return " & ".join(parts), p
+
+
 def min_expected(min_count: int) -> float:
     """Smallest expected count e with e - MARGIN_SD * sqrt(e) >= min_count."""
     root = (MARGIN_SD + math.sqrt(MARGIN_SD**2 + 4 * min_count)) / 2
@@ -443,6 +471,24 @@ def check_slice_counts(spec: WorldSpec) -> None:
                     f"expects {n * p:.1f} images in split {split!r} ({n} x p={p:.4f}); need >= "
                     f"{spec.min_slice_count} with a {MARGIN_SD:g}-sd margin (expected >= "
                     f"{need:.1f}): {fix} or over-sample the slice in distributions.{split}")
+            part, q = nameable_part(spec, sl, split)
+            if n * q + 1e-9 < need:
+                fix = f"raise sizes.{split} to >= {math.ceil(need / q)}" if q > 0 else \
+                    f"give these values non-zero probability in distributions.{split}"
+                raise InputError(
+                    f"{spec.source}: sizes.{split}: planted slice '{sl.name}' (rules[{sl.rule}]) "
+                    f"can only be found through single values, and its largest such part "
+                    f"({part}) expects {n * q:.1f} images in split {split!r} ({n} x p={q:.4f}); "
+                    f"need >= {spec.min_slice_count} with a {MARGIN_SD:g}-sd margin (expected >= "
+                    f"{need:.1f}): {fix} or over-sample that value in distributions.{split}")
+            share = p / sum(spec.distributions[split]["class"][c] for c in sl.classes)
+            if share > MAX_SHARE + 1e-9:
+                raise InputError(
+                    f"{spec.source}: distributions.{split}: planted slice '{sl.name}' "
+                    f"(rules[{sl.rule}]) is {share:.0%} of its class in split {split!r}; a slice "
+                    f"can only err at 2x its class's rate if it is a small part of it (at most "
+                    f"{MAX_SHARE:.0%}): in distributions.{split}, give the values outside the "
+                    "slice more probability")
 
 
 # ---------------------------------------------------------------- hashing

@@ -1,10 +1,7 @@
 """Generate the demo world from a spec (sampling + rendering) and write it to disk.
 
-Sampling, per split (see docs/demo-world.md): class and attributes are drawn independently from
-the split's distributions; then every ``set`` rule of the split, in order, re-draws its attributes
-on the images matching its ``when``; then every ``class`` rule, in order, re-draws the class of
-the images matching its ``when`` and, for images whose class changed, re-draws the attributes the
-rule does not pin (from the split's distributions, then the ``set`` rules for the new class).
+Sampling (class and attributes per image, the planted rules) is in ``sampling.py``; here each
+image is rendered: silhouette, colour, size, position, object, background and quality.
 """
 
 from __future__ import annotations
@@ -31,17 +28,25 @@ from failstore.demo.backgrounds import (
     place_patch,
     render_backgrounds,
 )  # fmt: skip
-from failstore.demo.silhouette_choice import animal_patch, candidates, filled_masks, pool_range
+from failstore.demo.sampling import sample_split
+from failstore.demo.silhouette_choice import (
+    DISTINCT,
+    animal_patch,
+    candidates,
+    filled_masks,
+    nearest_class,
+    pool_range,
+    shape_margin,
+)  # fmt: skip
 from failstore.demo.silhouettes import SilhouetteBank, load_bank
 from failstore.demo.spec import (
     ATTRIBUTES,
     GENERATOR_VERSION,
-    Rule,
     WorldSpec,
     load_spec,
     min_expected,
+    nameable_part,
     planted_slices,
-    resolve_rule_dist,
     slice_probability,
     spec_hash,
 )  # fmt: skip
@@ -73,7 +78,8 @@ class World:
     attributes: dict[str, np.ndarray]  # attr_* -> str (N,)
     split: np.ndarray  # str (N,)
     captions: list[str]
-    instance: np.ndarray  # int64 (N,), silhouette index in the bank's class
+    instance: np.ndarray  # int64 (N,), silhouette index in the bank's class ``drawn_as``
+    drawn_as: np.ndarray  # str (N,): the class whose silhouette was drawn (see sample_split)
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -103,14 +109,16 @@ def default_spec(quick: bool = False) -> WorldSpec:
 
 def quick_spec(spec: WorldSpec, train_size: int = 3000, min_slice_count: int = 30) -> WorldSpec:
     """A smaller world: other splits capped at ``train_size``, evaluation splits cut to the
-    smallest multiple of 100 that still gives every planted slice ``min_slice_count`` images
-    (with the same 3-sd margin)."""
+    smallest multiple of 100 that still gives every planted slice's largest nameable part
+    (``nameable_part``: what a slice search can name with single values) ``min_slice_count``
+    images (with the same 3-sd margin)."""
     d = spec.to_dict()
     need = min_expected(min_slice_count)
     slices = planted_slices(spec)
     for split, n in spec.sizes.items():
         if split in spec.eval_splits:
-            ps = [slice_probability(spec, sl, split) for sl in slices]
+            ps = [min(slice_probability(spec, sl, split), nameable_part(spec, sl, split)[1])
+                  for sl in slices]
             lo = max([math.ceil(need / p / 100) * 100 for p in ps if p > 0], default=100)
             d["sizes"][split] = min(n, lo)
         else:
@@ -119,66 +127,6 @@ def quick_spec(spec: WorldSpec, train_size: int = 3000, min_slice_count: int = 3
     d["name"] = f"{spec.name}-quick"
     return dataclasses.replace(load_spec(d), source=spec.source)
 
-
-
-# ---------------------------------------------------------------- sampling
-
-
-def _draw(rng: np.random.Generator, p: np.ndarray, n: int) -> np.ndarray:
-    cum = np.cumsum(p)
-    return np.searchsorted(cum / cum[-1], rng.random(n), side="right").astype(np.int64)
-
-
-def _codes(values: tuple[str, ...], wanted: tuple[str, ...]) -> np.ndarray:
-    return np.array([values.index(v) for v in wanted], dtype=np.int64)
-
-
-def _matching(spec: WorldSpec, rule: Rule, codes: dict[str, np.ndarray],
-              idx: np.ndarray) -> np.ndarray:
-    keep = np.ones(idx.shape[0], dtype=bool)
-    for key, wanted in rule.when.items():
-        keep &= np.isin(codes[key][idx], _codes(spec.values(key), wanted))
-    return idx[keep]
-
-
-def _apply_set_rules(spec: WorldSpec, rules: list[Rule], split: str,
-                     codes: dict[str, np.ndarray], idx: np.ndarray,
-                     rng: np.random.Generator, pinned: frozenset[str] = frozenset()) -> None:
-    for rule in rules:
-        sel = _matching(spec, rule, codes, idx)
-        for attr in rule.set:
-            if attr in pinned or not sel.size:
-                continue
-            dist = resolve_rule_dist(spec, rule, split, attr)
-            p = np.array([dist[v] for v in ATTRIBUTES[attr]])
-            codes[attr][sel] = _draw(rng, p, sel.size)
-
-
-def sample_split(spec: WorldSpec, split: str, n: int,
-                 rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Codes (indices into the values) of "class" and every attribute for ``n`` images, and
-    ``"look"``: the index of the ``looks_like`` class rule that assigned the class, else -1."""
-    codes = {k: _draw(rng, spec.probs(split, k), n) for k in ("class", *ATTRIBUTES)}
-    codes["look"] = np.full(n, -1, dtype=np.int64)
-    rules = [r for r in spec.rules if split in r.splits]
-    set_rules = [r for r in rules if r.kind == "set"]
-    _apply_set_rules(spec, set_rules, split, codes, np.arange(n), rng)
-    for rule in (r for r in rules if r.kind == "class"):
-        sel = _matching(spec, rule, codes, np.arange(n))
-        if not sel.size:
-            continue
-        dist = resolve_rule_dist(spec, rule, split, "class")
-        new = _draw(rng, np.array([dist[c] for c in spec.classes]), sel.size)
-        changed = sel[new != codes["class"][sel]]
-        codes["class"][sel] = new
-        if rule.looks_like:
-            codes["look"][sel] = rule.index
-        pinned = frozenset(rule.when)
-        for attr in ATTRIBUTES:
-            if attr not in pinned:
-                codes[attr][changed] = _draw(rng, spec.probs(split, attr), changed.size)
-        _apply_set_rules(spec, set_rules, split, codes, changed, rng, pinned)
-    return codes
 
 
 # ---------------------------------------------------------------- rendering
@@ -197,7 +145,7 @@ def _split_seed(spec: WorldSpec, split: str, stream: int) -> np.random.Generator
 
 def _render_split(spec: WorldSpec, split: str, codes: dict[str, np.ndarray],
                   bank: SilhouetteBank, images: np.ndarray, masks: np.ndarray,
-                  instance: np.ndarray) -> None:
+                  instance: np.ndarray, drawn: np.ndarray) -> None:
     n, size = codes["class"].shape[0], spec.image_size
     rng = _split_seed(spec, split, 1)
     u = rng.random((n, 16))  # per-image uniforms, columns used below
@@ -213,10 +161,15 @@ def _render_split(spec: WorldSpec, split: str, codes: dict[str, np.ndarray],
         for i in range(start, stop):
             r, img = u[i], chunk[i - start]
             cls = spec.classes[codes["class"][i]]
+            if codes["shape"][i] >= 0:  # relabelled by a class rule: drawn as the animal it was
+                cls = spec.classes[codes["shape"][i]]
+            drawn[i] = cls
             silhouettes = bank.images[cls]
             lo, hi = pool_range(spec, split, silhouettes.shape[0])
             look = int(codes["look"][i])
             like = spec.rules[look].looks_like or () if look >= 0 else ()
+            if codes["alike"][i] >= 0 and shape_margin(bank, spec.classes, cls) >= DISTINCT:
+                like = (nearest_class(bank, spec.classes, cls),)  # shape alone is ambiguous
             cands = candidates(spec, bank, cls, lo, hi, like)
             instance[i] = cands[int(r[0] * len(cands))]
             gray, filled = silhouettes[instance[i]], filled_masks(bank, cls)[instance[i]]
@@ -275,6 +228,7 @@ def generate(spec: WorldSpec) -> World:
     images = np.empty((total, size, size, 3), dtype=np.uint8)
     masks = np.zeros((total, size, size), dtype=bool)
     instance = np.zeros(total, dtype=np.int64)
+    drawn = np.empty(total, dtype=object)
     keys = ("class", *ATTRIBUTES)
     all_codes: dict[str, list[np.ndarray]] = {k: [] for k in keys}
     split_names: list[np.ndarray] = []
@@ -282,7 +236,7 @@ def generate(spec: WorldSpec) -> World:
     for split, n in spec.sizes.items():
         codes = sample_split(spec, split, n, _split_seed(spec, split, 0))
         sl = slice(start, start + n)
-        _render_split(spec, split, codes, bank, images[sl], masks[sl], instance[sl])
+        _render_split(spec, split, codes, bank, images[sl], masks[sl], instance[sl], drawn[sl])
         for k in keys:
             all_codes[k].append(codes[k])
         split_names.append(np.full(n, split))
@@ -296,7 +250,7 @@ def generate(spec: WorldSpec) -> World:
                  images=images, masks=masks, boxes=_boxes(masks), labels=labels,
                  class_names=list(spec.classes), attributes=attributes,
                  split=np.concatenate(split_names) if split_names else np.array([], str),
-                 captions=captions, instance=instance)
+                 captions=captions, instance=instance, drawn_as=drawn.astype(str))
 
 
 # ---------------------------------------------------------------- writing
