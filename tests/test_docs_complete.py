@@ -79,7 +79,16 @@ def test_every_stored_query_is_documented(query):
 
 
 # Options named in text that are not failstore's: pip's, the benchmarks' scripts', help text.
-NOT_OURS = {"--no-deps", "--classes", "--images", "--rows", "--help", "--name-with-dashes", "--no-"}
+NOT_OURS = {
+    "--no-deps",
+    "--classes",
+    "--images",
+    "--rows",
+    "--reuse",
+    "--help",
+    "--name-with-dashes",
+    "--no-",
+}
 
 
 def _cli_options() -> set[str]:
