@@ -464,23 +464,13 @@ def check_slice_counts(spec: WorldSpec) -> None:
             p = slice_probability(spec, sl, split)
             n = spec.sizes[split]
             if n * p + 1e-9 < need:
-                fix = f"raise sizes.{split} to >= {math.ceil(need / p)}" if p > 0 else \
-                    f"give the slice's values non-zero probability in distributions.{split}"
-                raise InputError(
-                    f"{spec.source}: sizes.{split}: planted slice '{sl.name}' (rules[{sl.rule}]) "
-                    f"expects {n * p:.1f} images in split {split!r} ({n} x p={p:.4f}); need >= "
-                    f"{spec.min_slice_count} with a {MARGIN_SD:g}-sd margin (expected >= "
-                    f"{need:.1f}): {fix} or over-sample the slice in distributions.{split}")
+                raise _too_few(spec, sl, split, need, p, "expects", "the slice's values",
+                               "the slice")
             part, q = nameable_part(spec, sl, split)
             if n * q + 1e-9 < need:
-                fix = f"raise sizes.{split} to >= {math.ceil(need / q)}" if q > 0 else \
-                    f"give these values non-zero probability in distributions.{split}"
-                raise InputError(
-                    f"{spec.source}: sizes.{split}: planted slice '{sl.name}' (rules[{sl.rule}]) "
-                    f"can only be found through single values, and its largest such part "
-                    f"({part}) expects {n * q:.1f} images in split {split!r} ({n} x p={q:.4f}); "
-                    f"need >= {spec.min_slice_count} with a {MARGIN_SD:g}-sd margin (expected >= "
-                    f"{need:.1f}): {fix} or over-sample that value in distributions.{split}")
+                raise _too_few(spec, sl, split, need, q,
+                               "can only be found through single values, and its largest such "
+                               f"part ({part}) expects", "these values", "that value")
             share = p / sum(spec.distributions[split]["class"][c] for c in sl.classes)
             if share > MAX_SHARE + 1e-9:
                 raise InputError(
@@ -489,6 +479,19 @@ def check_slice_counts(spec: WorldSpec) -> None:
                     f"can only err at 2x its class's rate if it is a small part of it (at most "
                     f"{MAX_SHARE:.0%}): in distributions.{split}, give the values outside the "
                     "slice more probability")
+
+
+def _too_few(spec: WorldSpec, sl: PlantedSlice, split: str, need: float, p: float,
+             expects: str, values: str, oversample: str) -> InputError:
+    """The refusal of a (part of a) planted slice that expects too few images in ``split``."""
+    n = spec.sizes[split]
+    fix = f"raise sizes.{split} to >= {math.ceil(need / p)}" if p > 0 else \
+        f"give {values} non-zero probability in distributions.{split}"
+    return InputError(
+        f"{spec.source}: sizes.{split}: planted slice '{sl.name}' (rules[{sl.rule}]) "
+        f"{expects} {n * p:.1f} images in split {split!r} ({n} x p={p:.4f}); need >= "
+        f"{spec.min_slice_count} with a {MARGIN_SD:g}-sd margin (expected >= "
+        f"{need:.1f}): {fix} or over-sample {oversample} in distributions.{split}")
 
 
 # ---------------------------------------------------------------- hashing
