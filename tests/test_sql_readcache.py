@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
@@ -136,9 +137,7 @@ def test_a_query_over_scalar_columns_reads_the_cache_and_returns_what_lance_retu
     assert set(sources.values()) == {"cache"}, sources
     want = on_lance(store, sql)
     assert got.schema == want.schema
-    assert got.sort_by(got.schema.names[0]).equals(want.sort_by(want.schema.names[0])) or (
-        got.to_pylist() == want.to_pylist()
-    )
+    assert sorted(got.to_pylist(), key=repr) == sorted(want.to_pylist(), key=repr)
     assert got.num_rows > 0
 
 
@@ -181,7 +180,7 @@ def test_a_table_deleted_and_created_again_is_not_served_its_old_cache(store):
     sql = "SELECT count(*) AS n, min(uri) AS first FROM images"
     assert run(store, sql)[0]["n"][0].as_py() == 300
     before = store.version("images")
-    __import__("shutil").rmtree(store.path / "images.lance")
+    shutil.rmtree(store.path / "images.lance")
     t = images(1000, 40)
     store.append("images", t, schema=IMAGE_SCHEMA)
     while store.version("images") < before:  # the same version number as the old table's
@@ -198,7 +197,7 @@ def test_manifest_version_is_lances_version_after_every_kind_of_write(store):
     store.delete("images", "label = 'cow'")
     store.upsert("images", images(0, 5), schema=IMAGE_SCHEMA)
     assert store.manifest_version("images") == store.version("images")
-    store.compact(older_than=__import__("datetime").timedelta(0))
+    store.compact(older_than=timedelta(0))
     for name in store.table_names():
         assert store.manifest_version(name) == store.version(name), name
     assert store.manifest_version("no_such_table") is None

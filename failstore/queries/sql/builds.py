@@ -9,6 +9,7 @@ that the first query after them is already fast.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Iterable, Mapping
@@ -34,7 +35,6 @@ class CacheBuilds:
         self._asked: set[tuple[str, int]] = set()
         self._thread: threading.Thread | None = None
         self._built_at: dict[str, float] = {}  # table -> when its last copy ended
-        self.errors: list[str] = []  # one line per failed build (the table stays on Lance)
 
     def request(self, tables: Iterable[str], versions: Mapping[str, int | None]) -> None:
         if not enabled():
@@ -64,10 +64,9 @@ class CacheBuilds:
                 table, version = self._pending.pop(0)
             if self.store.manifest_version(table) != version:
                 continue  # written again since it was asked for: the next query asks anew
-            try:
+            # a failed build (a read-only store, a full disk) only leaves the table on Lance
+            with contextlib.suppress(Exception):
                 cache.build(table, self.store.dataset(table, version))
-            except Exception as e:  # a failed build only leaves the table on Lance
-                self.errors.append(f"{table} v{version}: {type(e).__name__}: {e}")
             with self._lock:
                 self._built_at[table] = time.monotonic()
 

@@ -110,7 +110,6 @@ class SqlEngine:
         max_bytes: int | None = None,
         cache: Callable[[str], CacheEntry | None] | None = None,
         plans: Plans | None = None,
-        versions: Mapping[str, int | None] | None = None,
         plan_state: Mapping[str, object] | None = None,
         on_uncached: Callable[[set[str]], None] | None = None,
         views: dict[str, str] | None = None,
@@ -122,8 +121,8 @@ class SqlEngine:
         table that does not exist yet, or None. ``cache(table)``: the table's read-cache entry
         at the version ``datasets`` read, or None (the connection must be allowed to read its
         files); ``on_uncached(tables)`` is told of the tables a query read from Lance for want of
-        a cache file. ``plans`` with ``versions`` (every table's version): remembered guard
-        outputs, keyed by ``plan_state`` (default: ``versions``). ``views``: the read-cache
+        a cache file. ``plans`` with ``plan_state`` (every table's version and manifest stamp):
+        remembered guard outputs, keyed by that state. ``views``: the read-cache
         views kept on ``connection`` between queries (table -> file; binding a view reads the
         file's metadata, ~3 ms), owned by whoever owns the connection."""
         self.datasets = dict(datasets)
@@ -136,8 +135,7 @@ class SqlEngine:
         self.max_bytes = config.sql_max_bytes() if max_bytes is None else max_bytes
         self.cache = cache
         self.plans = plans
-        self.versions = versions
-        self.plan_state = versions if plan_state is None else plan_state
+        self.plan_state = plan_state
         self.sources: dict[str, str] = {}  # table -> "cache" | "lance", for the last query
         self.uncached: set[str] = set()  # tables read from Lance for want of a cache file
         self.on_uncached = on_uncached

@@ -79,20 +79,16 @@ class Plans:
         self.folder = folder
         self._memory: OrderedDict[str, GuardedQuery] = OrderedDict()
         self._lock = threading.Lock()
-        self.hits = 0
 
     def get(self, key: str) -> GuardedQuery | None:
         with self._lock:
             found = self._memory.get(key)
             if found is not None:
                 self._memory.move_to_end(key)
-                self.hits += 1
                 return found
         found = self._read(key)
         if found is not None:
             self._remember(key, found)
-            with self._lock:
-                self.hits += 1
         return found
 
     def put(self, key: str, plan: GuardedQuery) -> None:

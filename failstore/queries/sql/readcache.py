@@ -28,6 +28,9 @@ from typing import Any
 
 import pyarrow as pa
 
+from failstore.errors import ConfigError
+from failstore.store import manifest_stamp
+
 CACHE_ENV = "FAILSTORE_SQL_CACHE"  # 0 / off: no read cache and no plans on disk
 CACHE_DIR = "_sql_cache"
 FORMAT = 3  # bump when the choice of columns or the file layout changes
@@ -73,17 +76,11 @@ def min_rows() -> int:
     if raw is None or raw == "":
         return DEFAULT_MIN_ROWS
     if not raw.strip().isdigit():
-        raise config_error(raw)
+        raise ConfigError(
+            f"{MIN_ROWS_ENV}={raw!r} is not a whole number of rows",
+            hint="e.g. 100000; a table smaller than this is read from Lance only",
+        )
     return int(raw)
-
-
-def config_error(raw: str) -> Exception:
-    from failstore.errors import ConfigError
-
-    return ConfigError(
-        f"{MIN_ROWS_ENV}={raw!r} is not a whole number of rows",
-        hint="e.g. 100000; a table smaller than this is read from Lance only",
-    )
 
 
 class ReadCache:
@@ -93,8 +90,6 @@ class ReadCache:
         self.root = Path(store_path) / CACHE_DIR
 
     def _stamp(self, table: str, version: int) -> str | None:
-        from failstore.store import manifest_stamp
-
         return manifest_stamp(self.root.parent / f"{table}.lance", version)
 
     def _file(self, table: str, version: int, suffix: str) -> Path:

@@ -107,7 +107,6 @@ class SqlSession:
             missing_hint=_explain_missing,
             cache=None if cache is None else (lambda n: _entry(cache, n, at.get(n))),
             plans=self.plans,
-            versions=at,
             # plans are keyed by version and manifest: a table created again restarts at 1
             plan_state={n: (at[n], _stamp(store, n, at[n])) for n in names},
             # tables read from Lance for want of a cache file: built meanwhile, for next time
