@@ -1,9 +1,10 @@
 """Which silhouette each image gets, and how it is cut out and scaled.
 
-Each split draws from its own range of a class's silhouettes (``pool_range``: evaluation splits
-never see a training silhouette) and, within it, from the best-suited ``SILHOUETTE_SHARE``
-(``candidates``): the most typical ones, or, for the animals of a ``looks_like`` rule, the ones
-that look most like the named classes (``suitability``). See docs/demo-world.md.
+Each split draws from its own pool of a class's silhouettes (``pool``: evaluation splits never
+see a training silhouette, and their pools are dealt by typicality so that they are equally hard)
+and, within it, from the best-suited ``SILHOUETTE_SHARE`` (``candidates``): the most typical
+ones, or, for the animals of a ``looks_like`` rule, the ones that look most like the named
+classes (``suitability``). See docs/demo-world.md.
 """
 
 from __future__ import annotations
@@ -22,16 +23,29 @@ TRAIN_POOL = 0.7  # share of each class's silhouettes used by non-evaluation spl
 SILHOUETTE_SHARE = 0.35  # the most typical share of each pool's silhouettes is used
 
 
-def pool_range(spec: WorldSpec, split: str, k: int) -> tuple[int, int]:
-    """The range of silhouette indices a split draws from: evaluation splits get disjoint
-    shares of the last 30%, the other splits share the first 70%."""
+def pool(spec: WorldSpec, bank: SilhouetteBank, cls: str, split: str) -> np.ndarray:
+    """The silhouette indices of ``cls`` a split draws from, ascending. The other splits share
+    the first ``TRAIN_POOL`` of them; the evaluation splits share the rest, dealt in turn in
+    order of typicality (``suitability``), so that val and test are equally hard: contiguous
+    halves left the test split's dogs markedly less typical than the val split's (52 typical
+    silhouettes each), and a slice searched on val was judged on a harder test split."""
+    k = bank.images[cls].shape[0]
     if not spec.eval_splits:
-        return 0, k
+        return np.arange(k)
     cut = int(k * TRAIN_POOL)
     if split not in spec.eval_splits:
-        return 0, cut
-    j, m = spec.eval_splits.index(split), len(spec.eval_splits)
-    return cut + (k - cut) * j // m, cut + (k - cut) * (j + 1) // m
+        return np.arange(cut)
+    return _eval_pools(bank, spec.classes, cls, len(spec.eval_splits))[
+        spec.eval_splits.index(split)]
+
+
+@lru_cache(maxsize=64)
+def _eval_pools(bank: SilhouetteBank, classes: tuple[str, ...], cls: str,
+                m: int) -> tuple[np.ndarray, ...]:
+    k = bank.images[cls].shape[0]
+    held = np.arange(int(k * TRAIN_POOL), k)
+    order = held[np.argsort(-suitability(bank, classes, cls)[held], kind="stable")]
+    return tuple(np.sort(order[j::m]) for j in range(m))
 
 
 @lru_cache(maxsize=64)
@@ -104,14 +118,14 @@ def nearest_class(bank: SilhouetteBank, classes: tuple[str, ...], cls: str) -> s
     return classes[int(np.argmax(sims))]
 
 
-def candidates(spec: WorldSpec, bank: SilhouetteBank, cls: str, lo: int, hi: int,
-                like: tuple[str, ...] = ()) -> np.ndarray:
-    """The silhouette indices in ``[lo, hi)`` a split draws from: the best-scoring
-    ``SILHOUETTE_SHARE`` of them by ``suitability`` (at least one), in index order."""
-    score = suitability(bank, spec.classes, cls, tuple(c for c in like if c != cls))[lo:hi]
-    keep = max(1, round(SILHOUETTE_SHARE * (hi - lo)))
+def candidates(spec: WorldSpec, bank: SilhouetteBank, cls: str, pool_ids: np.ndarray,
+               like: tuple[str, ...] = ()) -> np.ndarray:
+    """The silhouette indices of ``pool_ids`` (a split's ``pool``) it draws from: the
+    best-scoring ``SILHOUETTE_SHARE`` of them by ``suitability`` (at least one), ascending."""
+    score = suitability(bank, spec.classes, cls, tuple(c for c in like if c != cls))[pool_ids]
+    keep = max(1, round(SILHOUETTE_SHARE * len(pool_ids)))
     best = np.argsort(-score, kind="stable")[:keep]
-    return lo + np.sort(best)
+    return np.sort(pool_ids[best])
 
 
 def square_crop(gray: np.ndarray, filled: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -24,7 +24,7 @@ from failstore.demo.silhouettes import CLASSES as ALL_CLASSES
 from failstore.demo.silhouettes import silhouette_source
 from failstore.errors import InputError
 
-GENERATOR_VERSION = "demo-world-4"  # 4: rules strengthened (sampling.py), class rules relabel
+GENERATOR_VERSION = "demo-world-5"  # 5: eval pools dealt by typicality; 4: rules strengthened
 WILDCARD = "*"
 MARGIN_SD = 3.0  # a planted slice's expected count must exceed the minimum by 3 sd
 MAX_SHARE = 0.45  # a planted slice's share of its class in an eval split (2x needs < 0.5)

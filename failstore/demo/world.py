@@ -35,7 +35,7 @@ from failstore.demo.silhouette_choice import (
     candidates,
     filled_masks,
     nearest_class,
-    pool_range,
+    pool,
     shape_margin,
 )  # fmt: skip
 from failstore.demo.silhouettes import SilhouetteBank, load_bank
@@ -165,12 +165,11 @@ def _render_split(spec: WorldSpec, split: str, codes: dict[str, np.ndarray],
                 cls = spec.classes[codes["shape"][i]]
             drawn[i] = cls
             silhouettes = bank.images[cls]
-            lo, hi = pool_range(spec, split, silhouettes.shape[0])
             look = int(codes["look"][i])
             like = spec.rules[look].looks_like or () if look >= 0 else ()
             if codes["alike"][i] >= 0 and shape_margin(bank, spec.classes, cls) >= DISTINCT:
                 like = (nearest_class(bank, spec.classes, cls),)  # shape alone is ambiguous
-            cands = candidates(spec, bank, cls, lo, hi, like)
+            cands = candidates(spec, bank, cls, pool(spec, bank, cls, split), like)
             instance[i] = cands[int(r[0] * len(cands))]
             gray, filled = silhouettes[instance[i]], filled_masks(bank, cls)[instance[i]]
             if r[1] < 0.5:
@@ -293,8 +292,8 @@ def write_world(world: World, out_dir: Path) -> Path:
         mask = world.masks[i].astype(np.uint8) * 255
         (out_dir / "masks" / rel[i]).write_bytes(encode_png(mask))
 
-    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-        list(pool.map(write, range(len(world)), chunksize=256))
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as executor:
+        list(executor.map(write, range(len(world)), chunksize=256))
 
     boxes = [json.dumps([{"x0": int(b[0]), "y0": int(b[1]), "x1": int(b[2]), "y1": int(b[3]),
                           "label": str(names[i])}]) for i, b in enumerate(world.boxes)]
