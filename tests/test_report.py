@@ -89,3 +89,28 @@ def test_report_slice_page_shows_the_slice(store, tmp_path):
         if "Slice small + snow" in text:
             shown = re.findall(r'href="image-([0-9a-f]{64})\.html"', text)
     assert shown is not None and sorted(shown) == sorted(want)
+
+
+def test_lookup_many_answers_as_lookup_does(store, tmp_path):
+    """The report reads a gallery's images in one query (``lookup_many``); each answer is what
+    ``lookup`` gives for that id: the ref, or the same error (bad id, unknown id, file gone)."""
+    from failstore.errors import FailstoreError
+    from failstore.serve import images
+
+    s = planted_with_slices(tmp_path / "s", n=60)
+    rows = s.read("images", ["image_id", "uri"]).to_pylist()[:3]
+    Path(rows[2]["uri"]).unlink()
+    ids = [r["image_id"] for r in rows] + ["0" * 64, "nope"]
+    many = images.lookup_many(s, ids)
+    assert sorted(many) == sorted(ids)
+    for i in ids:
+        try:
+            want: object = images.lookup(s, i)
+        except FailstoreError as e:
+            want = e.one_line()
+        got = many[i]
+        assert (got.one_line() if isinstance(got, FailstoreError) else got) == want, i
+    assert isinstance(many[ids[0]], images.ImageRef)
+    assert "is gone" in many[ids[2]].one_line()  # type: ignore[union-attr]
+    # the report still writes: a gone file's thumbnail is the grey placeholder
+    write_report(s, tmp_path / "r")

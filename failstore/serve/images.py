@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from failstore.errors import StoreError
+from failstore.errors import FailstoreError, StoreError
 from failstore.serve.cache import cache_for
 from failstore.serve.data import ID_RE, check_id
 from failstore.store import Store, equals, literal
@@ -66,11 +66,34 @@ def lookup(store: Store, image_id: str) -> ImageRef:
         ("image_ref", store.version("images"), image_id),
         lambda: _read_refs(store, [image_id]).get(image_id),
     )
+    return _checked(image_id, ref)
+
+
+def lookup_many(store: Store, ids: list[str]) -> dict[str, ImageRef | FailstoreError]:
+    """``lookup`` of many ids in one query (the static report's galleries): by id, the ref or
+    the error ``lookup`` would raise."""
+    out: dict[str, ImageRef | FailstoreError] = {}
+    valid = []
+    for i in dict.fromkeys(ids):
+        try:
+            valid.append(check_id(i))
+        except FailstoreError as e:
+            out[i] = e
+    found = _read_refs(store, valid) if valid and store.has_table("images") else {}
+    for i in valid:
+        try:
+            out[i] = _checked(i, found.get(i))
+        except FailstoreError as e:
+            out[i] = e
+    return out
+
+
+def _checked(image_id: str, ref: ImageRef | None) -> ImageRef:
     if ref is None:
         raise StoreError(f"no image {image_id} in the store")
     if not ref.path.is_file():
         raise StoreError(f"the file of image {image_id} is gone", hint=str(ref.path.name))
-    return ref  # type: ignore[no-any-return]
+    return ref
 
 
 def media_type(path: Path) -> str:
@@ -134,7 +157,7 @@ def _draw_thumb(ref: ImageRef, size: int) -> bytes:
             xy = (b["x0"] * fx, b["y0"] * fy, b["x1"] * fx, b["y1"] * fy)
             draw.rectangle(xy, outline=BOX_COLOURS[i % len(BOX_COLOURS)], width=2)
         buf = io.BytesIO()
-        im.save(buf, "PNG")
+        im.save(buf, "PNG", compress_level=1)  # 2-3x faster to write than the default 6
     return buf.getvalue()
 
 
@@ -162,5 +185,5 @@ def overlay(store: Store, ref: ImageRef, saliency: dict[str, Any], size: int) ->
         k = size / max(w0, h0)
         im = im.resize((max(round(w0 * k), 1), max(round(h0 * k), 1)), Image.Resampling.NEAREST)
         buf = io.BytesIO()
-        im.save(buf, "PNG")
+        im.save(buf, "PNG", compress_level=1)  # 2-3x faster to write than the default 6
     return buf.getvalue()

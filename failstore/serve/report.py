@@ -61,6 +61,13 @@ class ReportLinks:
             raise found
         return found
 
+    def prefetch(self, ids: list[str]) -> None:
+        """Look up many images in one query (a gallery's, a batch of image pages'): one query
+        per image cost 9 s of the quick demo's 29 s report."""
+        todo = [i for i in dict.fromkeys(ids) if i not in self.refs]
+        if todo:
+            self.refs.update(images.lookup_many(self.store, todo))
+
     def _page(self, name: str, kind: str, *args: Any) -> str:
         if name not in self.seen:
             self.seen.add(name)
@@ -161,11 +168,13 @@ def _render(
         sql, params = data.slice_sql(key)
         template, ctx = views.gallery(store, f"Slice {' + '.join(key.tags)}", sql, params,
                                       key.model, key.cls, per_page=REPORT_PER_SIDE)  # fmt: skip
+        links.prefetch([r["image_id"] for r in (*ctx["failing"], *ctx["passing"])])
     elif kind == "leaf":
         model, cls, leaf = args
         sql, params = data.leaf_sql(model, cls, leaf)
         template, ctx = views.gallery(store, f"Barlow leaf {leaf}", sql, params, model, cls,
                                       per_page=REPORT_PER_SIDE)  # fmt: skip
+        links.prefetch([r["image_id"] for r in (*ctx["failing"], *ctx["passing"])])
     elif kind == "image":
         (image_id,) = args
         template, ctx = views.image_page(store, image_id, facts.get(image_id) if facts else None)
@@ -203,6 +212,7 @@ def write_report(store: Store, out_dir: Path | str) -> Written:
         if links.queue:  # non-image pages queued more pages: render those before the images
             links.queue.extend(later)
             continue
+        links.prefetch([args[0] for _, _, args in later])
         facts = views.image_facts(store, [args[0] for _, _, args in later])
         for f in facts.values():
             for row in f.get("saliency", views.Result()).rows:
