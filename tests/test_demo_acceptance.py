@@ -136,12 +136,9 @@ def test_tagger_audit_matches_a_recount_from_the_store(demo):
 
 @pytest.mark.parametrize("mode", list(PLANTED))
 def test_planted_slices_fail_on_test(demo, mode):
-    """Each planted slice's test error rate is >= 0.3 and well above its whole class's.
-
-    The issue's bar, >= 2x the class, is met on the full world (2.3x-2.4x for all three,
-    docs/demo-models.md); the smaller quick world used here reaches ~1.9x for birds, so the
-    test asks for 1.5x.
-    """
+    """Each planted slice's test error rate is >= 0.3 and >= 2x its whole class's (issue 18:
+    on the full and the quick world; measured on this quick world 2.3x, 2.6x, 2.4x, on the full
+    one 2.7x, 2.9x, 2.5x; docs/demo-world.md)."""
     store = Store(demo.store)
     for p in [PLANTED[mode]]:
         where = p.where("label")
@@ -164,7 +161,7 @@ def test_planted_slices_fail_on_test(demo, mode):
             .column("e")[0]
             .as_py()
         )
-        assert sl >= 0.3 and sl >= 1.5 * whole, f"{p.name}: slice {sl:.2f} vs class {whole:.2f}"
+        assert sl >= 0.3 and sl >= 2 * whole, f"{p.name}: slice {sl:.2f} vs class {whole:.2f}"
 
 
 @pytest.mark.parametrize("mode", list(PLANTED))
@@ -373,10 +370,10 @@ def test_the_image_page_shows_coverage_cases_with_the_sanity_verdict_and_concept
 
 def test_planted_modes_are_measured_stored_and_judged(demo):
     """Issue 18: each planted slice measured on val and test, stored in `planted_modes` (equal
-    to a recount through SQL), judged on test. Measured on this quick world (generator 4 keeps
-    the default world byte-identical to generator 3): birds 0.88 vs 0.45 (1.94x) and small dogs
-    on snow 0.86 vs 0.45 (1.92x) fall just short of 2x on test (they reach 2.2x and 2.6x on
-    val), horses 0.84 vs 0.33 (2.5x) take; docs/demo-world.md."""
+    to a recount through SQL), judged on test. Measured on this quick world (generator 5): birds
+    0.88 vs 0.38 (2.3x), small dogs on snow 0.90 vs 0.34 (2.6x), horses 0.83 vs 0.34 (2.4x):
+    every rule takes, every mode is found, nothing is warned about (generator 4 missed birds and
+    dogs at 1.9x; docs/demo-world.md)."""
     store = Store(demo.store)
     rows = store.read("planted_modes").to_pylist()
     assert [(r["planted"], r["split"]) for r in rows] == [
@@ -390,12 +387,11 @@ def test_planted_modes_are_measured_stored_and_judged(demo):
         ).to_pylist()
         assert (r["size"], r["errors"]) == (got["n"], got["k"]), r
     took = {r["planted"]: r["learned"] for r in rows if r["split"] == "test"}
-    assert took == {"birds away from water": False, "small dogs on snow": False,
-                    "horses that are not brown": True}
-    outcomes = {o["planted"]: o for o in demo.outcomes()}
-    assert outcomes["horses that are not brown"]["clip_tags"].startswith("found (rank ")
-    assert outcomes["birds away from water"]["clip_tags"].startswith("not learned (found, rank ")
-    assert len(demo.broken_promises()) == 2
+    assert took == dict.fromkeys(PLANTED, True)
+    for o in demo.outcomes():
+        assert o["learned"] and o["clip_tags"].startswith("found (rank "), o
+        assert o["attributes"].startswith("found (rank "), o
+    assert demo.broken_promises() == []
     for f in demo.findings + demo.findings_attr:  # every mode is found; say how much of it
         assert f.covered is not None and 0 < f.covered <= f.planted_size, f.row()
         assert f.covered_errors is not None and f.covered_errors <= f.planted_errors, f.row()
