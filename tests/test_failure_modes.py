@@ -101,6 +101,14 @@ def test_the_analyses_agree_on_the_planted_causes(store):
             assert r["leaf"].startswith(f"leaf {r['leaf_number']}: ")
         assert (r["leaf"] is not None) == ("barlow" in want[key])
         assert (r["concept"] is not None) == ("ces" in want[key])
+        if r["concept"] is not None:  # its confusions in one order, whatever the rows' order
+            confusions = r["concept"][r["concept"].index(" (") + 2 : -1].split(", ")
+            assert confusions == sorted(confusions), r["concept"]
+            ces = run_sql(store, "SELECT * FROM ces WHERE rank <= 3").to_pylist()
+            assert set(confusions) == {
+                f"{c['label']} -> {c['prediction']}" for c in ces
+                if (c["model"], c["label"]) == key[:2]
+                and (c["concept"] if c["score"] < 0 else f"not {c['concept']}") == key[2]}
     # the planted failure (small dogs on snow): named by slices and Barlow, first for dogs
     dog = [r for r in rows if r["class"] == "dog"]
     assert {dog[0]["cause"], dog[1]["cause"]} == {"snow", "small"}

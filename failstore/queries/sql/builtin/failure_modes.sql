@@ -85,7 +85,8 @@ concept_causes AS (
         c.label AS "class",
         CASE WHEN c.score < 0 THEN c.concept ELSE 'not ' || c.concept END AS cause,
         sum(c.images) AS concept_images,
-        string_agg(DISTINCT c.label || ' -> ' || c.prediction, ', ') AS sets
+        string_agg(DISTINCT c.label || ' -> ' || c.prediction, ', '
+                   ORDER BY c.label || ' -> ' || c.prediction) AS sets
     FROM {{ table_or_empty(ces_sets) }} AS c
     WHERE c.run_id IN (SELECT run_id FROM runs WHERE analysis = 'explain')
         AND c.rank <= 3
