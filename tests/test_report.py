@@ -91,7 +91,7 @@ def test_report_slice_page_shows_the_slice(store, tmp_path):
     assert shown is not None and sorted(shown) == sorted(want)
 
 
-def test_lookup_many_answers_as_lookup_does(store, tmp_path):
+def test_lookup_many_answers_as_lookup_does(tmp_path, monkeypatch):
     """The report reads a gallery's images in one query (``lookup_many``); each answer is what
     ``lookup`` gives for that id: the ref, or the same error (bad id, unknown id, file gone)."""
     from failstore.errors import FailstoreError
@@ -101,6 +101,7 @@ def test_lookup_many_answers_as_lookup_does(store, tmp_path):
     rows = s.read("images", ["image_id", "uri"]).to_pylist()[:3]
     Path(rows[2]["uri"]).unlink()
     ids = [r["image_id"] for r in rows] + ["0" * 64, "nope"]
+    monkeypatch.setattr(images, "LOOKUP_BATCH", 2)  # four valid ids: two queries
     many = images.lookup_many(s, ids)
     assert sorted(many) == sorted(ids)
     for i in ids:

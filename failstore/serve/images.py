@@ -25,6 +25,7 @@ from failstore.store import Store, equals, literal
 THUMB_SIZES = (64, 128, 256, 512)
 DEFAULT_THUMB = 128
 BOX_COLOURS = ("#ff3b30", "#34c759", "#007aff", "#ffcc00")
+LOOKUP_BATCH = 500  # ids per query of lookup_many (a filter of 500 literals)
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,10 @@ def lookup_many(store: Store, ids: list[str]) -> dict[str, ImageRef | FailstoreE
             valid.append(check_id(i))
         except FailstoreError as e:
             out[i] = e
-    found = _read_refs(store, valid) if valid and store.has_table("images") else {}
+    found: dict[str, ImageRef] = {}
+    if store.has_table("images"):
+        for start in range(0, len(valid), LOOKUP_BATCH):
+            found.update(_read_refs(store, valid[start : start + LOOKUP_BATCH]))
     for i in valid:
         try:
             out[i] = _checked(i, found.get(i))
