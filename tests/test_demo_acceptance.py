@@ -270,7 +270,7 @@ def test_coverage_section_equals_a_recount_from_the_store(demo, method):
             marks=pytest.mark.xfail(
                 strict=True,
                 reason="measured: dense gradient maps of the failing birds resemble the "
-                "background map slightly less than those of control birds (-0.008); docs/sanity.md",
+                "background map slightly less than those of control birds (-0.010); docs/sanity.md",
             ),
         ),
         ("spurious", "grad_cam"),
