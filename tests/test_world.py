@@ -235,6 +235,15 @@ def test_new_rules_on_other_classes_need_no_code(tmp_path):
     assert slices[0].name == "giraffe with attr_background not grass"
 
 
+def _refusal(tmp_path: Path, d: dict, name: str = "world.yaml") -> str:
+    """The one-line error of loading spec ``d`` from the file ``name``."""
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(d, sort_keys=False))
+    with pytest.raises(InputError) as err:
+        load_spec(path)
+    return str(err.value)
+
+
 @pytest.mark.parametrize(("edit", "message"), [
     (lambda d: d["rules"][1]["when"].update(attr_size="tiny"),
      "world.yaml: rules[1].when.attr_size: unknown value 'tiny'; known: small, medium, large"),
@@ -270,11 +279,7 @@ def test_new_rules_on_other_classes_need_no_code(tmp_path):
 def test_spec_errors_name_file_and_key(tmp_path, edit, message):
     d = default_spec().to_dict()
     edit(d)
-    path = tmp_path / "world.yaml"
-    path.write_text(yaml.safe_dump(d, sort_keys=False))
-    with pytest.raises(InputError) as err:
-        load_spec(path)
-    assert str(err.value) == message
+    assert _refusal(tmp_path, d) == message
 
 
 def test_broken_files(tmp_path):
@@ -369,11 +374,7 @@ def test_a_not_x_slice_is_sized_by_its_largest_nameable_value():
 
 def test_a_slice_whose_nameable_part_is_too_small_is_refused(tmp_path):
     d = dict(NOT_NOISY, sizes={"train": 3000, "val": 1000, "test": 1000})
-    path = tmp_path / "cows.yaml"
-    path.write_text(yaml.safe_dump(d))
-    with pytest.raises(InputError) as err:
-        load_spec(path)
-    assert str(err.value) == (
+    assert _refusal(tmp_path, d, "cows.yaml") == (
         "cows.yaml: sizes.val: planted slice 'cows that are not noisy' (rules[0]) can only be "
         "found through single values, and its largest such part (class = cow & attr_quality = "
         "clean) expects 33.3 images in split 'val' (1000 x p=0.0333); need >= 60 with a 3-sd "
@@ -384,11 +385,7 @@ def test_a_slice_whose_nameable_part_is_too_small_is_refused(tmp_path):
 def test_a_slice_that_is_most_of_its_class_is_refused(tmp_path):
     """A slice that is 75 % of its class can err at most 1/0.75 = 1.33x as often as the class."""
     d = dict(NOT_NOISY, distributions={})  # uniform quality: not noisy = 3/4 of every class
-    path = tmp_path / "cows.yaml"
-    path.write_text(yaml.safe_dump(d))
-    with pytest.raises(InputError) as err:
-        load_spec(path)
-    assert str(err.value) == (
+    assert _refusal(tmp_path, d, "cows.yaml") == (
         "cows.yaml: distributions.val: planted slice 'cows that are not noisy' (rules[0]) is 75% "
         "of its class in split 'val'; a slice can only err at 2x its class's rate if it is a "
         "small part of it (at most 45%): in distributions.val, give the values outside the slice "

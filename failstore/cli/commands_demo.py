@@ -75,8 +75,8 @@ def print_report(result: Any) -> None:
                 _pct(f.error_rate),
                 _pct(f.class_error_rate),
                 holds,
-                _share(getattr(f, "covered", None), getattr(f, "planted_size", None)),
-                _share(getattr(f, "covered_errors", None), getattr(f, "planted_errors", None)),
+                _share(f.covered, f.planted_size),
+                _share(f.covered_errors, f.planted_errors),
             )
         con.print(t)
     _planted_table(con, result)

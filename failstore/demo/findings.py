@@ -185,17 +185,16 @@ def in_found_slice(
 
 
 def add_coverage(
-    findings: Sequence[Finding], planted: Sequence[PlantedSlice], store: Store, split: str,
-    model: str,
+    findings: Sequence[Finding], planted: Sequence[PlantedSlice], store: Store, split: str
 ) -> None:
-    """Fill each finding's ``covered``/``planted_size`` (and the same for the misclassified
-    images) on ``split``: how much of its planted slice the found slice holds."""
+    """Fill each finding's ``covered``/``planted_size`` (and the same for the target's
+    misclassified images) on ``split``: how much of its planted slice the found slice holds."""
+    from failstore.demo.planted_modes import target_correct
+
     cols = [a for a in ATTRIBUTES if a in store.schema("images").names]
     images = store.read("images", ["image_id", "label", "tags", *cols],
                         filter=equals("split", split))
-    preds = store.read("predictions", ["image_id", "correct"], filter=equals("model", model))
-    correct_of = dict(zip(preds["image_id"].to_pylist(), preds["correct"].to_pylist(),
-                          strict=True))
+    correct_of = target_correct(store)
     wrong = np.asarray([correct_of.get(i) is False for i in images["image_id"].to_pylist()])
     labels = np.asarray(images["label"].to_pylist(), dtype=object)
     attrs = {a: np.asarray(images[a].to_pylist(), dtype=object) for a in cols}

@@ -169,13 +169,9 @@ def measure_store(store: Store, spec: WorldSpec, planted: Sequence[PlantedSlice]
     predictions."""
     from failstore.demo.spec import ATTRIBUTES
 
-    models = store.read("models", ["name"], filter=equals("role", "target")).column("name")
-    model = models[0].as_py()
     cols = [a for a in ATTRIBUTES if a in store.schema("images").names]
     images = store.read("images", ["image_id", "label", "split", *cols])
-    preds = store.read("predictions", ["image_id", "correct"], filter=equals("model", model))
-    correct_of = dict(zip(preds["image_id"].to_pylist(), preds["correct"].to_pylist(),
-                          strict=True))
+    correct_of = target_correct(store)
     ids = images["image_id"].to_pylist()
     keep = np.asarray([i in correct_of for i in ids], dtype=bool)
     correct = np.asarray([bool(correct_of.get(i)) for i in ids], dtype=bool)
@@ -183,6 +179,19 @@ def measure_store(store: Store, spec: WorldSpec, planted: Sequence[PlantedSlice]
     return measure(np.asarray(images["label"].to_pylist(), dtype=object)[keep], attrs,
                    np.asarray(images["split"].to_pylist(), dtype=object)[keep], correct[keep],
                    spec, planted)
+
+
+def target_model(store: Store) -> str:
+    """The name of the store's target model (the demo ingests one)."""
+    models = store.read("models", ["name"], filter=equals("role", "target")).column("name")
+    return str(models[0].as_py())
+
+
+def target_correct(store: Store) -> dict[str, bool | None]:
+    """Image id -> the target's ``correct`` (images it did not predict are absent)."""
+    preds = store.read("predictions", ["image_id", "correct"],
+                       filter=equals("model", target_model(store)))
+    return dict(zip(preds["image_id"].to_pylist(), preds["correct"].to_pylist(), strict=True))
 
 
 def modes_table(modes: Sequence[PlantedMode]) -> pa.Table:

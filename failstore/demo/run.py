@@ -331,12 +331,12 @@ def _write_demo_table(
 def _planted_modes(store: Store, spec: Any, planted: list[Any], log: Log) -> list[Any]:
     """Measure each planted slice on every evaluation split (did the rule take?) and write the
     ``planted_modes`` table, stamped like an analysis run."""
-    from failstore.demo.planted_modes import PLANTED_MODES_SCHEMA, measure_store, modes_table
+    from failstore.demo.planted_modes import measure_store, modes_table
     from failstore.demo.spec import spec_hash
 
     modes = measure_store(store, spec, planted)
     _write_demo_table(
-        store, "planted_modes", modes_table(modes).cast(PLANTED_MODES_SCHEMA),
+        store, "planted_modes", modes_table(modes),
         params={"spec_hash": spec_hash(spec)}, reads=("images", "predictions"),
     )  # fmt: skip
     for m in modes:
@@ -348,8 +348,7 @@ def _add_coverage(store: Store, planted: list[Any], findings: list[Any]) -> None
     """How much of its planted slice each found slice covers (on the searched split)."""
     from failstore.demo.findings import add_coverage
 
-    model = store.read("models", ["name"], filter=equals("role", "target")).column("name")
-    add_coverage(findings, planted, store, EVAL_SPLIT, model[0].as_py())
+    add_coverage(findings, planted, store, EVAL_SPLIT)
 
 
 def _slices_findings(store: Store, planted: list[Any], tags_from: list[str] | None) -> list[Any]:

@@ -49,7 +49,6 @@ def _apply_set_rules(spec: WorldSpec, rules: list[Rule], split: str,
 
 
 VICTIM_SHARE = 0.0  # share of a class rule's animals drawn as its victims (else as they were)
-LOOK_ALIKE = True  # strengthened set rules draw their animals with look-alike silhouettes
 EXCLUSIVE = 0.75  # a set rule's values are made rare enough outside its class: P(class | value)
 
 
@@ -137,6 +136,6 @@ def sample_split(spec: WorldSpec, split: str, n: int,
         _apply_set_rules(spec, set_rules, split, codes, changed, rng, pinned)
     codes["alike"] = np.full(n, -1, dtype=np.int64)
     for rule in set_rules:
-        if LOOK_ALIKE and strengthened(spec, rule, split):
+        if strengthened(spec, rule, split):
             codes["alike"][_matching(spec, rule, codes, np.arange(n))] = rule.index
     return codes
